@@ -1,0 +1,35 @@
+"""What a person sees while a run goes: a progress bar and the loss every tenth of the run."""
+
+import sys
+from typing import Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+
+class Progress:
+    """A step callback for the ascent: updates the bar, prints loss lines like the notebooks."""
+
+    def __init__(self, n_filters: int, iters: int):
+        self.iters = iters
+        self.every = max(1, iters // 10)
+        # disable=None: no bar when stderr is not a terminal (logs, CI, subprocess tests)
+        self.bar = tqdm(total=n_filters * iters, unit="filter-iter", file=sys.stderr, disable=None, leave=False)
+
+    def __call__(self, chunk: Sequence[int], iteration: int, losses) -> None:
+        self.bar.update(len(chunk))
+        if iteration % self.every == 0 or iteration == self.iters - 1:
+            self.bar.write(_loss_line(chunk, iteration, self.iters, np.asarray(losses)), file=sys.stdout)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _loss_line(chunk: Sequence[int], iteration: int, iters: int, losses: np.ndarray) -> str:
+    where = f"iteration {iteration + 1:>{len(str(iters))}}/{iters}"
+    if len(chunk) == 1:
+        return f"filter {chunk[0]}  {where}  loss {losses[0]:.4f}"
+    return (
+        f"filters {chunk[0]}..{chunk[-1]}  {where}  loss mean {losses.mean():.4f}"
+        f" (min {losses.min():.4f}, max {losses.max():.4f})"
+    )

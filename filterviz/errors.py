@@ -1,0 +1,11 @@
+"""The one exception a user can fix: its message is the whole error report."""
+
+
+class ConfigError(ValueError):
+    """Bad input; the message says what is wrong and what would be right, in one line."""
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message: enough to say what went wrong, in one line."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__

@@ -1,0 +1,77 @@
+"""Turn raw ascent results into pictures: per-filter PNGs, a grid and the loss curves."""
+
+import math
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never open a window
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def to_display(image: np.ndarray) -> np.ndarray:
+    """Min-max scale one image to 0..1, as the notebooks do; a flat image becomes mid-grey."""
+    lo, hi = float(image.min()), float(image.max())
+    if hi <= lo:
+        return np.full_like(image, 0.5, dtype=np.float32)
+    return ((image - lo) / (hi - lo)).astype(np.float32)
+
+
+def save_png(image: np.ndarray, path: Path) -> None:
+    shown = to_display(image)
+    plt.imsave(path, shown[..., 0] if shown.shape[-1] == 1 else shown, cmap="gray", vmin=0, vmax=1)
+
+
+def mosaic(images: np.ndarray, gap: int = 2) -> np.ndarray:
+    """Tile display-scaled images in a near-square grid with white gaps."""
+    n, h, w, c = images.shape
+    cols = math.ceil(math.sqrt(n))
+    rows = math.ceil(n / cols)
+    out = np.ones((rows * (h + gap) - gap, cols * (w + gap) - gap, c), np.float32)
+    for k, image in enumerate(images):
+        r, q = divmod(k, cols)
+        out[r * (h + gap) : r * (h + gap) + h, q * (w + gap) : q * (w + gap) + w] = to_display(image)
+    return out
+
+
+def save_grid(images: np.ndarray, filters: Sequence[int], title: str, path: Path) -> None:
+    """One figure of every filter's image, each labelled with its filter index."""
+    n, h, w, _ = images.shape
+    cols = math.ceil(math.sqrt(n))
+    rows = math.ceil(n / cols)
+    tile = min(1.6, 24 / cols)  # inches per image: readable for a few, bounded for hundreds
+    fig, ax = plt.subplots(figsize=(cols * tile, rows * tile + 0.5))
+    grid = mosaic(images)
+    ax.imshow(grid[..., 0] if grid.shape[-1] == 1 else grid, cmap="gray", vmin=0, vmax=1)
+    for k, f in enumerate(filters):
+        r, q = divmod(k, cols)
+        ax.text(q * (w + 2) + 2, r * (h + 2) + 2, str(f), color="white", fontsize=max(5, 2 * tile + 4),
+                va="top", ha="left", bbox=dict(facecolor="black", alpha=0.5, pad=1, linewidth=0))
+    ax.set_title(title)
+    ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def save_loss_curves(losses: np.ndarray, filters: Sequence[int], title: str, path: Path) -> None:
+    """Each filter's loss per iteration, and their mean in black."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    steps = np.arange(losses.shape[1])
+    few = len(filters) <= 10
+    for f, curve in zip(filters, losses):
+        ax.plot(steps, curve, linewidth=1.2 if few else 0.6, alpha=0.9 if few else 0.4,
+                label=f"filter {f}" if few else None)
+    if len(filters) > 1:
+        ax.plot(steps, losses.mean(axis=0), color="black", linewidth=2, label="mean")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("loss (mean activation)")
+    ax.set_title(title)
+    if few or len(filters) > 1:
+        ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,126 @@
+"""Load a network and cut it at the convolution layer whose filters we visualise."""
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+import keras
+
+from filterviz.errors import ConfigError, first_line
+
+# Built without a fixed input size, so one model serves every `input_size`.
+APPLICATIONS: Dict[str, Callable[..., keras.Model]] = {
+    "vgg16": keras.applications.VGG16,
+    "vgg19": keras.applications.VGG19,
+    "resnet50": keras.applications.ResNet50,
+}
+MODEL_NAMES = sorted(APPLICATIONS) + ["file"]
+
+
+@dataclass
+class LayerCut:
+    """A model truncated at one convolution layer."""
+
+    extractor: keras.Model
+    layer: str
+    n_filters: int
+    channels: int
+
+
+def load_model(name: str, weights: Optional[str] = "imagenet", path: Optional[str] = None) -> keras.Model:
+    """A model by `name`: a keras.applications network or, for `file`, a saved Keras model."""
+    if name == "file":
+        model = _load_file(path)
+        if weights is not None:
+            _load_weights(model, weights, "the model in " + str(path))
+        return model
+    if name not in APPLICATIONS:
+        raise ConfigError(f"unknown model {name!r}: use one of {', '.join(MODEL_NAMES)}")
+    build = APPLICATIONS[name]
+    if weights is None:
+        return build(include_top=False, weights=None, input_shape=(None, None, 3))
+    if weights == "imagenet":
+        try:
+            return build(include_top=False, weights="imagenet", input_shape=(None, None, 3))
+        except Exception as e:  # Keras raises plain Exception on a failed download
+            raise ConfigError(
+                f"could not get the ImageNet weights of {name} ({first_line(e)}); without network, "
+                f"pass a weights file: model.weights=<path to {name} .weights.h5>"
+            ) from None
+    model = build(include_top=False, weights=None, input_shape=(None, None, 3))
+    _load_weights(model, weights, name)
+    return model
+
+
+def conv_layer_names(model: keras.Model) -> List[str]:
+    return [layer.name for layer in model.layers if _is_conv(layer)]
+
+
+def cut_at(model: keras.Model, layer_name: Optional[str]) -> LayerCut:
+    """Truncate `model` so that it outputs the activations of the conv layer `layer_name`."""
+    convs = conv_layer_names(model)
+    if layer_name is None:
+        raise ConfigError(f"no layer given: pass layer=<name>, one of {', '.join(convs)}")
+    names = [layer.name for layer in model.layers]
+    if layer_name not in names:
+        raise ConfigError(f"unknown layer {layer_name!r} in {model.name}: conv layers are {', '.join(convs)}")
+    layer = model.get_layer(layer_name)
+    if not _is_conv(layer):
+        raise ConfigError(
+            f"layer {layer_name!r} is a {type(layer).__name__}, not a convolution: use one of {', '.join(convs)}"
+        )
+    extractor = keras.Model(model.inputs, layer.output, name=f"{model.name}_to_{layer_name}")
+    return LayerCut(extractor, layer_name, int(layer.filters), int(model.input_shape[-1]))
+
+
+def check_input_size(cut: LayerCut, size: int, largest: int = 1024) -> None:
+    """Raise unless a `size`×`size` image reaches the layer with at least one pixel; say the minimum."""
+    fixed = cut.extractor.input_shape[1:3]
+    if any(d is not None for d in fixed):
+        if tuple(fixed) != (size, size):
+            raise ConfigError(f"this model takes {fixed[0]}x{fixed[1]} inputs: set input_size={fixed[0]}")
+        return
+    if _reaches_layer(cut, size):
+        return
+    lo, hi = size, largest  # the smallest working size lies in (lo, hi]
+    if not _reaches_layer(cut, hi):
+        raise ConfigError(f"no input_size up to {largest} reaches layer {cut.layer}")
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if _reaches_layer(cut, mid) else (mid, hi)
+    raise ConfigError(f"input_size={size} is too small for layer {cut.layer}: the minimum is {hi}")
+
+
+def _reaches_layer(cut: LayerCut, size: int) -> bool:
+    try:
+        shape = cut.extractor.compute_output_shape((1, size, size, cut.channels))
+    except ValueError:  # a pooling or valid convolution would produce an empty map
+        return False
+    return all(d is None or d > 0 for d in shape[1:3])
+
+
+def _is_conv(layer: keras.layers.Layer) -> bool:
+    return isinstance(layer, keras.layers.Conv2D)
+
+
+def _load_file(path: Optional[str]) -> keras.Model:
+    if not path:
+        raise ConfigError("model=file needs model.path=<your .keras file>")
+    if not Path(path).is_file():
+        raise ConfigError(f"model file not found: {path} (model.path)")
+    try:
+        return keras.saving.load_model(path, compile=False)
+    except Exception as e:
+        raise ConfigError(f"could not load a Keras model from {path}: {first_line(e)}") from None
+
+
+def _load_weights(model: keras.Model, weights: str, what: str) -> None:
+    if not Path(weights).is_file():
+        raise ConfigError(
+            f"weights file not found: {weights} (model.weights takes imagenet, null or a path to a weights file)"
+        )
+    try:
+        model.load_weights(weights)
+    except Exception as e:
+        raise ConfigError(f"could not load weights from {weights} into {what}: {first_line(e)}") from None
+
