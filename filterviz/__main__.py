@@ -6,7 +6,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ chatter (
 
 import shlex  # noqa: E402
 import sys  # noqa: E402
+from importlib import resources  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import List, Optional  # noqa: E402
 
 import hydra  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
@@ -30,8 +32,31 @@ def _import_tensorflow_quietly() -> None:
         os.close(devnull)
 
 
+def unknown_group_choice(overrides: List[str]) -> Optional[str]:
+    """Hydra reports an unknown config-group option over several lines; say it in one."""
+    conf = resources.files("filterviz.conf")
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        key = key.lstrip("+~")
+        if not sep or not key.isidentifier() or "(" in value or not (conf / key).is_dir():
+            continue  # not a group of ours, or a sweep function Hydra will expand
+        options = sorted(p.name[: -len(".yaml")] for p in (conf / key).iterdir() if p.name.endswith(".yaml"))
+        for choice in value.split(","):
+            if choice not in options:
+                return f"unknown {key} {choice!r}: use one of {', '.join(options)}"
+    return None
+
+
+def main() -> None:
+    problem = unknown_group_choice(sys.argv[1:])
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        sys.exit(1)
+    hydra_main()
+
+
 @hydra.main(version_base="1.3", config_path="pkg://filterviz.conf", config_name="config")
-def main(cfg: DictConfig) -> None:
+def hydra_main(cfg: DictConfig) -> None:
     _import_tensorflow_quietly()  # here, after Hydra has parsed the command line
     from filterviz import job
 

@@ -30,6 +30,8 @@ class LayerCut:
 def load_model(name: str, weights: Optional[str] = "imagenet", path: Optional[str] = None) -> keras.Model:
     """A model by `name`: a keras.applications network or, for `file`, a saved Keras model."""
     if name == "file":
+        if weights == "imagenet":
+            raise ConfigError("model=file has no ImageNet weights: model.weights takes null (the file's own) or a path")
         model = _load_file(path)
         if weights is not None:
             _load_weights(model, weights, "the model in " + str(path))

@@ -1,0 +1,31 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+WEIGHTS = Path(os.environ.get("FILTERVIZ_TEST_WEIGHTS", ROOT.parent / "shared/weights/vgg16_imagenet_notop.weights.h5"))
+
+needs_weights = pytest.mark.skipif(
+    not WEIGHTS.is_file(), reason=f"ImageNet VGG16 weights not found at {WEIGHTS} (see shared/weights/README.md)"
+)
+
+
+@pytest.fixture(scope="session")
+def vgg16():
+    if not WEIGHTS.is_file():
+        pytest.skip(f"ImageNet VGG16 weights not found at {WEIGHTS}")
+    from filterviz.models import load_model
+
+    return load_model("vgg16", str(WEIGHTS))
+
+
+def run_cli(*overrides: str, cwd: Path, env=None) -> subprocess.CompletedProcess:
+    """`python -m filterviz ...` in a subprocess, as a user runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "filterviz", *overrides],
+        cwd=cwd, capture_output=True, text=True, timeout=600,
+        env={**os.environ, "HYDRA_FULL_ERROR": "0", **(env or {})},
+    )

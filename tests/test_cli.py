@@ -1,0 +1,120 @@
+"""The app as a user runs it: `python -m filterviz ...` in a subprocess, against a temp store."""
+
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import WEIGHTS, needs_weights, run_cli
+
+pytestmark = needs_weights
+ITERS = 12
+FILTERS = [1, 2, 3]
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory):
+    """One real run into the default store (./mlruns under the working directory)."""
+    cwd = tmp_path_factory.mktemp("project")
+    proc = run_cli("layer=block2_conv1", f"iters={ITERS}", "filters=[1,2,3]", "input_size=48",
+                   f"model.weights={WEIGHTS}", cwd=cwd, env={"MLFLOW_TRACKING_URI": ""})
+    assert proc.returncode == 0, proc.stderr
+    uri = f"sqlite:///{cwd / 'mlruns' / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([client.get_experiment_by_name("filterviz").experiment_id])
+    assert len(runs) == 1
+    return cwd, uri, client, runs[0], proc
+
+
+def test_run_finishes_with_a_loss_series_per_filter_and_their_mean(recorded):
+    _, _, client, run, _ = recorded
+    assert run.info.status == "FINISHED"
+    for key in [f"loss/filter_{f}" for f in FILTERS] + ["loss/mean"]:
+        history = client.get_metric_history(run.info.run_id, key)
+        assert sorted(m.step for m in history) == list(range(ITERS)), key
+    mean = sorted(client.get_metric_history(run.info.run_id, "loss/mean"), key=lambda m: m.step)
+    assert mean[-1].value > mean[0].value
+
+
+def test_params_are_the_flattened_config_and_tags_say_what_made_the_run(recorded):
+    _, _, _, run, _ = recorded
+    params, tags = run.data.params, run.data.tags
+    assert params["layer"] == "block2_conv1" and params["iters"] == str(ITERS)
+    assert params["model.name"] == "vgg16" and params["model.weights"] == str(WEIGHTS)
+    assert params["filters"] == "[1, 2, 3]" and params["tracking.enabled"] == "True"
+    for key in ["git.commit", "git.dirty", "versions.tensorflow", "versions.keras", "versions.mlflow"]:
+        assert tags[key]
+    assert tags["command"].startswith("python -m filterviz layer=block2_conv1")
+    assert tags["filterviz.filters"] == "1,2,3"
+    assert tags["mlflow.runName"] == "filters=[1,2,3],input_size=48,iters=12,layer=block2_conv1"
+
+
+def test_every_artifact_is_in_the_store(recorded, tmp_path):
+    cwd, _, client, run, _ = recorded
+    assert run.info.artifact_uri.startswith((cwd / "mlruns").as_uri())
+    local = client.download_artifacts(run.info.run_id, "", str(tmp_path))
+    names = {p.relative_to(local).as_posix() for p in __import__("pathlib").Path(local).rglob("*") if p.is_file()}
+    expected = {f"images/filter_{f:04d}.png" for f in FILTERS} | {
+        "grid.png", "loss_curve.png", "images.npy", "filters.npy", "losses.npy", "config_resolved.yaml",
+        ".hydra/config.yaml", ".hydra/overrides.yaml", ".hydra/hydra.yaml"}
+    assert expected <= names, expected - names
+    images = np.load(f"{local}/images.npy")
+    assert images.shape == (3, 48, 48, 3) and not np.allclose(images, 0.5)
+    assert np.load(f"{local}/losses.npy").shape == (3, ITERS)
+
+
+def test_console_says_where_the_run_and_images_are(recorded):
+    cwd, uri, _, run, proc = recorded
+    assert f"MLflow run: {run.info.run_id}" in proc.stdout
+    assert f"mlflow ui --backend-store-uri {uri}" in proc.stdout
+    assert f"iteration {ITERS}/{ITERS}" in proc.stdout and "iteration  1/12" in proc.stdout
+    assert "images: " in proc.stdout
+
+
+def test_tracking_off_writes_images_without_a_store(tmp_path):
+    proc = run_cli("tracking=off", "layer=block1_conv1", "iters=2", "filters=0", "input_size=32",
+                   f"model.weights={WEIGHTS}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert not (tmp_path / "mlruns").exists()
+    assert "MLflow run" not in proc.stdout
+    assert list(tmp_path.glob("outputs/*/*/results/images/filter_0000.png"))
+
+
+BAD_INPUTS = [
+    (["layer=nope"], "unknown layer 'nope' in vgg16: conv layers are block1_conv1"),
+    (["layer=block1_pool"], "'block1_pool' is a MaxPooling2D, not a convolution"),
+    (["layer=block2_conv1", "filters=128"], "filter 128 is out of range: block2_conv1 has 128 filters, 0..127"),
+    (["iters=0"], "iters=0: the number of iterations must be at least 1"),
+    (["step_size=0"], "the step size must be greater than 0"),
+    (["layer=block5_conv1", "input_size=15"], "input_size=15 is too small for layer block5_conv1: the minimum is 16"),
+    (["model=resnet"], "unknown model 'resnet': use one of file, resnet50, vgg16, vgg19"),
+    (["model.weights=/no/such/file.h5"], "weights file not found: /no/such/file.h5"),
+    (["model.weights=CORRUPT"], "could not load weights from"),
+    (["filters=1-3"], "filters='1-3' is not valid: use an index (3), a list ([0,5,9]), a range (0:16)"),
+    (["model=file"], "model=file needs model.path=<your .keras file>"),
+]
+
+
+@pytest.mark.parametrize("overrides, says", BAD_INPUTS, ids=[b[0][-1] for b in BAD_INPUTS])
+def test_bad_input_is_one_line_exit_1_and_leaves_the_store_intact(recorded, tmp_path, overrides, says):
+    cwd, _, client, run, _ = recorded
+    corrupt = tmp_path / "corrupt.weights.h5"
+    corrupt.write_bytes(b"\x89HDF\r\n junk")
+    overrides = [o.replace("CORRUPT", str(corrupt)) for o in overrides]
+    if not any(o.startswith("model.weights=") for o in overrides):
+        overrides.append(f"model.weights={WEIGHTS}")
+    proc = run_cli(*overrides, "iters=1" if "iters=0" not in overrides else "seed=0", cwd=cwd,
+                   env={"MLFLOW_TRACKING_URI": ""})
+    assert proc.returncode == 1
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert lines == [lines[0]] and lines[0].startswith("error: "), proc.stderr
+    assert says in lines[0]
+    assert "Traceback" not in proc.stderr + proc.stdout
+    runs = client.search_runs([run.info.experiment_id])
+    assert [(r.info.run_id, r.info.status) for r in runs] == [(run.info.run_id, "FINISHED")]
+
+
+def test_a_wrong_type_fails_in_hydra_with_its_own_message(tmp_path):
+    proc = run_cli("iters=abc", cwd=tmp_path)
+    assert proc.returncode == 1
+    assert "Value 'abc' of type 'str' could not be converted to Integer" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -1,0 +1,66 @@
+"""The config tree composes as documented, and a broken run ends FAILED in the store."""
+
+import pytest
+from hydra import compose, initialize_config_module
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import ConfigCompositionException
+from mlflow.tracking import MlflowClient
+
+from filterviz.config import register_configs
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _schema():
+    register_configs()
+
+
+def make_cfg(*overrides):
+    with initialize_config_module(version_base="1.3", config_module="filterviz.conf"):
+        return compose("config", overrides=list(overrides))
+
+
+def test_defaults_are_the_notebooks_settings():
+    cfg = make_cfg()
+    assert (cfg.model.name, cfg.model.weights, cfg.layer) == ("vgg16", "imagenet", "block3_conv1")
+    assert (cfg.step_size, cfg.input_size, cfg.tracking.enabled) == (10.0, 96, True)
+
+
+@pytest.mark.parametrize("model", ["vgg16", "vgg19", "resnet50", "file"])
+def test_each_model_option_composes(model):
+    cfg = make_cfg(f"model={model}", "layer=x")
+    assert cfg.model.name == model
+
+
+def test_layer_follows_the_models_default_unless_given():
+    assert make_cfg("model=resnet50").layer == "conv3_block1_1_conv"
+    assert make_cfg("model=resnet50", "layer=conv1_conv").layer == "conv1_conv"
+
+
+def test_filters_take_every_documented_form():
+    assert make_cfg("filters=[0,5,9]").filters == [0, 5, 9]
+    assert make_cfg("filters=0:16").filters == "0:16"
+    assert make_cfg("filters=random:4").filters == "random:4"
+
+
+@pytest.mark.parametrize("override", ["iters=abc", "step_size=fast", "tracking.enabled=maybe", "nokey=1"])
+def test_wrong_overrides_fail_in_hydra(override):
+    with pytest.raises(ConfigCompositionException):
+        make_cfg(override)
+
+
+def test_a_run_that_breaks_ends_failed_with_the_error_recorded(tmp_path, monkeypatch):
+    from filterviz import job
+
+    cfg = make_cfg("tracking.uri=sqlite:///" + str(tmp_path / "mlflow.db"), "model.weights=null",
+                   "layer=block1_conv1", "iters=1", "input_size=32")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("out of memory, say")
+
+    monkeypatch.setattr(job, "visualize_filters", broken)
+    with pytest.raises(RuntimeError):
+        job.run(cfg, tmp_path / "out", run_name="broken")
+    client = MlflowClient(tracking_uri=cfg.tracking.uri)
+    [run] = client.search_runs([client.get_experiment_by_name("filterviz").experiment_id])
+    assert run.info.status == "FAILED"
+    assert run.data.tags["error"] == "RuntimeError: out of memory, say"
