@@ -34,7 +34,8 @@ def make_step(extractor: keras.Model) -> Callable[[tf.Tensor, tf.Tensor, tf.Tens
     def step(images, filter_indices, step_size):
         with tf.GradientTape(watch_accessed_variables=False) as tape:
             tape.watch(images)
-            activations = extractor(images, training=False)
+            # float32 losses and gradients whatever the model computes in (mixed precision)
+            activations = tf.cast(extractor(images, training=False), tf.float32)
             own = tf.gather(activations, filter_indices, axis=3, batch_dims=1)
             losses = tf.reduce_mean(own, axis=[1, 2])
             # Images are independent, so d(sum)/d(image_i) is the gradient of loss_i alone.

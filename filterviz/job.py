@@ -47,7 +47,7 @@ def run(cfg: DictConfig, output_dir: Path, run_name: Optional[str] = None, comma
     tracker = tracking.Tracker(tracking.resolve_store(cfg.tracking.uri), cfg.tracking.experiment) \
         if cfg.tracking.enabled else None
 
-    model = models.load_model(cfg.model.name, cfg.model.weights, cfg.model.path)
+    model = models.load_model(cfg.model.name, cfg.model.weights, cfg.model.path, cfg.precision.value)
     cut = models.cut_at(model, cfg.layer)
     models.check_input_size(cut, cfg.input_size)
     filters = parse_filters(OmegaConf.to_object(cfg.filters) if OmegaConf.is_config(cfg.filters) else cfg.filters,
@@ -61,7 +61,7 @@ def run(cfg: DictConfig, output_dir: Path, run_name: Optional[str] = None, comma
         _ascend_and_write(cfg, cut, filters, title, output_dir)
         return result
 
-    params = tracking.flatten(OmegaConf.to_container(cfg, resolve=True))
+    params = tracking.flatten(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
     tags = {**tracking.provenance_tags(command), "filterviz.filters": ",".join(map(str, filters))}
     with tracker.run(run_name or f"{cfg.model.name}-{cut.layer}", params, tags) as run_id:
         ascent, seconds = _ascend_and_write(cfg, cut, filters, title, output_dir)

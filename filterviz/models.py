@@ -27,8 +27,22 @@ class LayerCut:
     channels: int
 
 
-def load_model(name: str, weights: Optional[str] = "imagenet", path: Optional[str] = None) -> keras.Model:
-    """A model by `name`: a keras.applications network or, for `file`, a saved Keras model."""
+def load_model(name: str, weights: Optional[str] = "imagenet", path: Optional[str] = None,
+               precision: str = "float32") -> keras.Model:
+    """A model by `name`: a keras.applications network or, for `file`, a saved Keras model.
+
+    `precision="bfloat16"` builds it under Keras' mixed_bfloat16 policy: float32 weights,
+    bfloat16 arithmetic.
+    """
+    if precision != "float32":
+        if name == "file":
+            raise ConfigError("precision=bfloat16 applies to vgg16, vgg19 and resnet50; a saved model keeps its own")
+        previous = keras.config.dtype_policy()
+        keras.config.set_dtype_policy(f"mixed_{precision}")
+        try:
+            return load_model(name, weights, path)
+        finally:
+            keras.config.set_dtype_policy(previous)
     if name == "file":
         if weights == "imagenet":
             raise ConfigError("model=file has no ImageNet weights: model.weights takes null (the file's own) or a path")

@@ -1,8 +1,9 @@
 import numpy as np
 import pytest
 
+from conftest import WEIGHTS, needs_weights
 from filterviz.ascent import chunks, visualize_filters
-from filterviz.models import cut_at
+from filterviz.models import cut_at, load_model
 from filterviz.notebook import notebook_visualize_filter
 
 
@@ -47,3 +48,12 @@ def test_large_filter_sets_run_in_chunks(block3):
                                on_step=lambda chunk, i, losses: seen.append((tuple(chunk), i, len(losses))))
     assert result.images.shape == (5, 32, 32, 3) and result.losses.shape == (5, 3)
     assert [s for s in seen if s[1] == 0] == [((0, 1), 0, 2), ((2, 3), 0, 2), ((4,), 0, 1)]
+
+
+@needs_weights
+def test_bfloat16_precision_still_climbs_and_keeps_float32_images():
+    extractor = cut_at(load_model("vgg16", str(WEIGHTS), precision="bfloat16"), "block3_conv1").extractor
+    assert extractor.layers[-1].compute_dtype == "bfloat16"
+    result = visualize_filters(extractor, [1, 2], iters=15, step_size=10.0, input_size=48)
+    assert result.images.dtype == np.float32 and np.isfinite(result.images).all()
+    assert (result.losses[:, -1] > 2 * result.losses[:, 0]).all()
