@@ -70,7 +70,7 @@ def hydra_main(cfg: DictConfig) -> None:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
-    print(f"images: {result.output_dir / 'results'}")
+    print(f"images: {result.results_dir}")
     if result.run_id:
         print(f"MLflow run: {result.run_id}  (artifacts: {result.artifact_uri})")
         print(f"see it:     {result.ui_command}")

@@ -9,7 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
 
+import keras
 import numpy as np
+import tensorflow as tf
 from omegaconf import DictConfig, OmegaConf
 
 from filterviz import images, models, tracking
@@ -21,8 +23,7 @@ from filterviz.filters import parse_filters
 
 @dataclass
 class JobResult:
-    output_dir: Path
-    filters: List[int]
+    results_dir: Path  # the files of this run, on local disk
     run_id: Optional[str] = None
     artifact_uri: Optional[str] = None
     ui_command: Optional[str] = None
@@ -56,37 +57,31 @@ def run(cfg: DictConfig, output_dir: Path, run_name: Optional[str] = None, comma
     print(f"{title}: {len(filters)} filter(s), {cfg.iters} iterations, step {cfg.step_size}, "
           f"{cfg.input_size}x{cfg.input_size}")
 
-    result = JobResult(output_dir, filters)
+    results_dir = output_dir / "results"
     if tracker is None:
-        _ascend_and_write(cfg, cut, filters, title, output_dir)
-        return result
+        _ascend_and_write(cfg, cut, filters, title, results_dir)
+        return JobResult(results_dir)
 
     params = tracking.flatten(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
     tags = {**tracking.provenance_tags(command), "filterviz.filters": ",".join(map(str, filters))}
     with tracker.run(run_name or f"{cfg.model.name}-{cut.layer}", params, tags) as run_id:
-        ascent, seconds = _ascend_and_write(cfg, cut, filters, title, output_dir)
+        ascent, seconds = _ascend_and_write(cfg, cut, filters, title, results_dir)
         tracker.log_losses(run_id, filters, ascent.losses)
         tracker.log_values(run_id, seconds=seconds, filter_iters_per_second=len(filters) * cfg.iters / seconds)
-        tracker.log_artifacts(run_id, output_dir / "results")
+        tracker.log_artifacts(run_id, results_dir)
         hydra_dir = output_dir / ".hydra"
         if hydra_dir.is_dir():
             tracker.log_artifacts(run_id, hydra_dir, ".hydra")
-    result.run_id = run_id
-    result.artifact_uri = tracker.artifact_uri(run_id)
-    result.ui_command = tracker.store.ui_command()
-    return result
+    return JobResult(results_dir, run_id, tracker.artifact_uri(run_id), tracker.store.ui_command())
 
 
 def _seed_everything(seed: int, deterministic: bool) -> None:
-    import keras
-    import tensorflow as tf
-
     keras.utils.set_random_seed(seed)
-    if deterministic:
+    if deterministic:  # process-wide and one-way in TensorFlow's public API
         tf.config.experimental.enable_op_determinism()
 
 
-def _ascend_and_write(cfg: DictConfig, cut: models.LayerCut, filters: List[int], title: str, output_dir: Path):
+def _ascend_and_write(cfg: DictConfig, cut: models.LayerCut, filters: List[int], title: str, results_dir: Path):
     progress = Progress(len(filters), cfg.iters)
     start = time.perf_counter()
     try:
@@ -95,7 +90,7 @@ def _ascend_and_write(cfg: DictConfig, cut: models.LayerCut, filters: List[int],
     finally:
         progress.close()
     seconds = time.perf_counter() - start
-    write_results(ascent, title, output_dir / "results", OmegaConf.to_yaml(cfg, resolve=True))
+    write_results(ascent, title, results_dir, OmegaConf.to_yaml(cfg, resolve=True))
     return ascent, seconds
 
 
