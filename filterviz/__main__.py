@@ -12,35 +12,27 @@ from typing import List, Optional  # noqa: E402
 
 import hydra  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from filterviz.config import register_configs  # noqa: E402
-from filterviz.errors import ConfigError  # noqa: E402
+from filterviz.console import import_tensorflow_quietly  # noqa: E402
+from filterviz.errors import ConfigError, first_line  # noqa: E402
 
 register_configs()
-
-
-def _import_tensorflow_quietly() -> None:
-    """TensorFlow 2.21 prints C++ start-up lines on stderr whatever TF_CPP_MIN_LOG_LEVEL says."""
-    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 2)
-    try:
-        import tensorflow  # noqa: F401
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
+CONFIG_PACKAGES = ("filterviz.conf", "filterviz.experiments")  # Hydra's search path, as packages
 
 
 def unknown_group_choice(overrides: List[str]) -> Optional[str]:
     """Hydra reports an unknown config-group option over several lines; say it in one."""
-    conf = resources.files("filterviz.conf")
+    roots = [resources.files(package) for package in CONFIG_PACKAGES]
     for override in overrides:
         key, sep, value = override.partition("=")
         key = key.lstrip("+~")
-        if not sep or not key.isidentifier() or "(" in value or not (conf / key).is_dir():
+        groups = [root / key for root in roots if key.isidentifier() and (root / key).is_dir()]
+        if not sep or not groups or "(" in value:
             continue  # not a group of ours, or a sweep function Hydra will expand
-        options = sorted(p.name[: -len(".yaml")] for p in (conf / key).iterdir() if p.name.endswith(".yaml"))
+        options = sorted(p.name[: -len(".yaml")] for g in groups for p in g.iterdir() if p.name.endswith(".yaml"))
         for choice in value.split(","):
             if choice not in options:
                 return f"unknown {key} {choice!r}: use one of {', '.join(options)}"
@@ -56,24 +48,39 @@ def main() -> None:
 
 
 @hydra.main(version_base="1.3", config_path="pkg://filterviz.conf", config_name="config")
-def hydra_main(cfg: DictConfig) -> None:
-    _import_tensorflow_quietly()  # here, after Hydra has parsed the command line
-    from filterviz import job
+def hydra_main(cfg: DictConfig) -> float:
+    """One job; returns the mean final activation, which the Optuna sweeper maximises."""
+    import_tensorflow_quietly()  # here, after Hydra has parsed the command line
+    from filterviz import job, sweep
 
     hydra_cfg = HydraConfig.get()
-    command = shlex.join(["python", "-m", "filterviz", *sys.argv[1:]])
+    output_dir = Path(hydra_cfg.runtime.output_dir)
+    overrides = list(hydra_cfg.overrides.task)
+    record = sweep.read_record(Path(hydra_cfg.sweep.dir)) if hydra_cfg.mode == RunMode.MULTIRUN else None
+    run_name = (record and record.child_name(overrides)) or sweep.run_name(overrides)
+    command = shlex.join(["python", "-m", "filterviz", *overrides]) if record else \
+        shlex.join(["python", "-m", "filterviz", *sys.argv[1:]])
     try:
-        result = job.run(cfg, Path(hydra_cfg.runtime.output_dir), hydra_cfg.job.override_dirname or None, command)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+        result = job.run(cfg, output_dir, run_name, command, record.parent_run_id if record else None)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    except Exception as e:
+        if hydra_cfg.mode != RunMode.MULTIRUN:
+            if isinstance(e, ConfigError):
+                print(f"error: {e}", file=sys.stderr)
+                sys.exit(1)
+            raise
+        # In a sweep one job's failure must not stop the others: record it for the report.
+        error = str(e) if isinstance(e, ConfigError) else f"{type(e).__name__}: {first_line(e)}"
+        print(f"error: job #{hydra_cfg.job.num}: {error}", file=sys.stderr)
+        sweep.record_failure(output_dir, overrides, error)
+        return float("nan")  # an Optuna sweeper counts the trial as failed
     print(f"images: {result.results_dir}")
     if result.run_id:
         print(f"MLflow run: {result.run_id}  (artifacts: {result.artifact_uri})")
         print(f"see it:     {result.ui_command}")
+    return result.final_activation
 
 
 if __name__ == "__main__":

@@ -21,6 +21,14 @@ class AscentResult:
     filters: List[int]
     images: np.ndarray  # (n_filters, size, size, channels), raw pixel values after the last step
     losses: np.ndarray  # (n_filters, iters): the loss at each iteration, before that step's update
+    final_activations: np.ndarray  # (n_filters,): the loss of the final images
+
+
+def filter_means(extractor: keras.Model, images: tf.Tensor, filter_indices: tf.Tensor) -> tf.Tensor:
+    """Mean activation of each image's own filter: the loss the ascent maximises."""
+    # float32 whatever the model computes in (mixed precision)
+    activations = tf.cast(extractor(images, training=False), tf.float32)
+    return tf.reduce_mean(tf.gather(activations, filter_indices, axis=3, batch_dims=1), axis=[1, 2])
 
 
 def make_step(extractor: keras.Model) -> Callable[[tf.Tensor, tf.Tensor, tf.Tensor], tuple]:
@@ -34,10 +42,7 @@ def make_step(extractor: keras.Model) -> Callable[[tf.Tensor, tf.Tensor, tf.Tens
     def step(images, filter_indices, step_size):
         with tf.GradientTape(watch_accessed_variables=False) as tape:
             tape.watch(images)
-            # float32 losses and gradients whatever the model computes in (mixed precision)
-            activations = tf.cast(extractor(images, training=False), tf.float32)
-            own = tf.gather(activations, filter_indices, axis=3, batch_dims=1)
-            losses = tf.reduce_mean(own, axis=[1, 2])
+            losses = filter_means(extractor, images, filter_indices)
             # Images are independent, so d(sum)/d(image_i) is the gradient of loss_i alone.
             total = tf.reduce_sum(losses)
         grads = tf.math.l2_normalize(tape.gradient(total, images), axis=[1, 2, 3])
@@ -64,8 +69,9 @@ def visualize_filters(
     """Maximise the mean activation of each filter of `extractor`'s output, one image each."""
     channels = int(extractor.input_shape[-1])
     step = make_step(extractor)
+    measure = tf.function(lambda batch, indices: filter_means(extractor, batch, indices), reduce_retracing=True)
     rate = tf.constant(step_size, tf.float32)
-    images, losses = [], []
+    images, losses, finals = [], [], []
     for chunk in chunks(filters, batch_size):
         batch = tf.fill((len(chunk), input_size, input_size, channels), tf.constant(initial_value, tf.float32))
         indices = tf.constant(chunk, tf.int32)
@@ -77,4 +83,5 @@ def visualize_filters(
                 on_step(chunk, i, loss)
         images.append(batch.numpy())
         losses.append(tf.stack(history, axis=1).numpy())
-    return AscentResult(list(filters), np.concatenate(images), np.concatenate(losses))
+        finals.append(measure(batch, indices).numpy())
+    return AscentResult(list(filters), np.concatenate(images), np.concatenate(losses), np.concatenate(finals))

@@ -4,9 +4,9 @@ A wrong type in an override (``iters=abc``) fails in Hydra with its own message;
 range checks that types cannot express live in :mod:`filterviz.job`.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Optional
+from typing import Any, Dict, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
@@ -37,6 +37,8 @@ class TrackingConfig:
     # null: $MLFLOW_TRACKING_URI, else SQLite at ./mlruns/mlflow.db
     uri: Optional[str] = None
     experiment: str = "filterviz"
+    # extra tags for the run: tracking.tags.note=baseline
+    tags: Dict[str, str] = field(default_factory=dict)
 
 
 @dataclass

@@ -1,5 +1,6 @@
 """What a person sees while a run goes: a progress bar and the loss every tenth of the run."""
 
+import os
 import sys
 from typing import Sequence
 
@@ -33,3 +34,15 @@ def _loss_line(chunk: Sequence[int], iteration: int, iters: int, losses: np.ndar
         f"filters {chunk[0]}..{chunk[-1]}  {where}  loss mean {losses.mean():.4f}"
         f" (min {losses.min():.4f}, max {losses.max():.4f})"
     )
+
+
+def import_tensorflow_quietly() -> None:
+    """TensorFlow 2.21 prints C++ start-up lines on stderr whatever TF_CPP_MIN_LOG_LEVEL says."""
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        import tensorflow  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)

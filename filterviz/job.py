@@ -24,6 +24,7 @@ from filterviz.filters import parse_filters
 @dataclass
 class JobResult:
     results_dir: Path  # the files of this run, on local disk
+    final_activation: float  # mean over filters: what a sweeper maximises
     run_id: Optional[str] = None
     artifact_uri: Optional[str] = None
     ui_command: Optional[str] = None
@@ -41,7 +42,8 @@ def check_settings(cfg: DictConfig) -> None:
         raise ConfigError(f"batch_size={cfg.batch_size}: at least 1 filter per batch")
 
 
-def run(cfg: DictConfig, output_dir: Path, run_name: Optional[str] = None, command: str = "") -> JobResult:
+def run(cfg: DictConfig, output_dir: Path, run_name: Optional[str] = None, command: str = "",
+        parent_run_id: Optional[str] = None) -> JobResult:
     check_settings(cfg)
     _seed_everything(cfg.seed, cfg.deterministic)
     # Open the store before the slow model load, so a bad URI fails fast; no run exists yet.
@@ -59,20 +61,24 @@ def run(cfg: DictConfig, output_dir: Path, run_name: Optional[str] = None, comma
 
     results_dir = output_dir / "results"
     if tracker is None:
-        _ascend_and_write(cfg, cut, filters, title, results_dir)
-        return JobResult(results_dir)
+        ascent, _ = _ascend_and_write(cfg, cut, filters, title, results_dir)
+        return JobResult(results_dir, float(ascent.final_activations.mean()))
 
     params = tracking.flatten(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
-    tags = {**tracking.provenance_tags(command), "filterviz.filters": ",".join(map(str, filters))}
-    with tracker.run(run_name or f"{cfg.model.name}-{cut.layer}", params, tags) as run_id:
+    tags = {**tracking.provenance_tags(command), "filterviz.filters": ",".join(map(str, filters)),
+            **cfg.tracking.tags}
+    with tracker.run(run_name or f"{cfg.model.name}-{cut.layer}", params, tags, parent_run_id) as run_id:
         ascent, seconds = _ascend_and_write(cfg, cut, filters, title, results_dir)
         tracker.log_losses(run_id, filters, ascent.losses)
-        tracker.log_values(run_id, seconds=seconds, filter_iters_per_second=len(filters) * cfg.iters / seconds)
+        tracker.log_values(run_id, seconds=seconds, filter_iters_per_second=len(filters) * cfg.iters / seconds,
+                           **{"activation/mean": ascent.final_activations.mean()},
+                           **{f"activation/filter_{f}": a for f, a in zip(filters, ascent.final_activations)})
         tracker.log_artifacts(run_id, results_dir)
         hydra_dir = output_dir / ".hydra"
         if hydra_dir.is_dir():
             tracker.log_artifacts(run_id, hydra_dir, ".hydra")
-    return JobResult(results_dir, run_id, tracker.artifact_uri(run_id), tracker.store.ui_command())
+    return JobResult(results_dir, float(ascent.final_activations.mean()), run_id, tracker.artifact_uri(run_id),
+                     tracker.store.ui_command())
 
 
 def _seed_everything(seed: int, deterministic: bool) -> None:
@@ -104,4 +110,5 @@ def write_results(ascent: AscentResult, title: str, out: Path, resolved_config: 
     np.save(out / "images.npy", ascent.images)
     np.save(out / "filters.npy", np.asarray(ascent.filters))
     np.save(out / "losses.npy", ascent.losses)
+    np.save(out / "final_activations.npy", ascent.final_activations)
     (out / "config_resolved.yaml").write_text(resolved_config)

@@ -1,0 +1,110 @@
+"""Sweeps (`python -m filterviz -m ...`): one MLflow parent run, one child run per job.
+
+The Hydra callback runs in the launching process. Before any job starts it creates the
+store, the experiment and the parent run, so parallel jobs (joblib, submitit) never race
+on a fresh SQLite store's schema migration; it leaves a record in the sweep folder from
+which each job, in whatever process or machine, finds its parent. After the last job it
+names the jobs that failed, ends the parent run, and makes the sweep exit non-zero.
+"""
+
+import json
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, List, Optional
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+RECORD = "mlflow_sweep.json"
+ERROR_FILE = "error.txt"
+# Run names show the settings that make the picture, not where it is stored or tagged.
+NOT_IN_NAMES = ("tracking", "model.path", "model.weights", "hydra")
+
+
+def override_key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def run_name(overrides: List[str], only_keys: Optional[List[str]] = None) -> Optional[str]:
+    """`filters=0:16,layer=block3_conv1` from a job's overrides (sorted, like Hydra's override_dirname)."""
+    kept = [o for o in overrides if not override_key(o).startswith(NOT_IN_NAMES)
+            and (only_keys is None or override_key(o) in only_keys)]
+    return ",".join(sorted(kept)) or None
+
+
+@dataclass
+class SweepRecord:
+    uri: str
+    experiment: str
+    parent_run_id: str
+    swept_keys: List[str]
+
+    def child_name(self, job_overrides: List[str]) -> Optional[str]:
+        """The job's values of the swept keys, e.g. `layer=block3_conv1,step_size=10`."""
+        return run_name(job_overrides, self.swept_keys)
+
+
+def read_record(sweep_dir: Path) -> Optional[SweepRecord]:
+    path = sweep_dir / RECORD
+    return SweepRecord(**json.loads(path.read_text())) if path.is_file() else None
+
+
+def record_failure(job_output_dir: Path, overrides: List[str], error: str) -> None:
+    """A failed job leaves this for the callback to report, with or without an MLflow run."""
+    job_output_dir.mkdir(parents=True, exist_ok=True)
+    (job_output_dir / ERROR_FILE).write_text(" ".join(overrides) + "\n" + error + "\n")
+
+
+def swept(overrides: List[str]) -> List[str]:
+    """The overrides that sweep (`a=1,2`, `range(...)`, ...), as the user wrote them."""
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    return [o.input_line for o in parsed if o.is_sweep_override()]
+
+
+class MlflowSweepCallback(Callback):
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        if not config.tracking.enabled:
+            return
+        from filterviz import tracking  # MLflow only when tracking
+        from filterviz.console import import_tensorflow_quietly
+
+        import_tensorflow_quietly()  # provenance_tags reads its version
+        sweeping = swept(list(config.hydra.overrides.task))
+        # a sweeper's own search space (Optuna's hydra.sweeper.params)
+        searched = config.hydra.sweeper.get("params") or {}
+        sweeping += [f"{k}={v}" for k, v in searched.items()]
+        keys = [override_key(o) for o in sweeping]
+        tracker = tracking.Tracker(tracking.resolve_store(config.tracking.uri), config.tracking.experiment)
+        command = " ".join(["python", "-m", "filterviz", *sys.argv[1:]])
+        parent = tracker.start_parent(" ".join(sweeping) or "sweep", {
+            **tracking.provenance_tags(command), "filterviz.sweep_dir": str(sweep_dir.resolve())})
+        record = SweepRecord(tracker.store.uri, config.tracking.experiment, parent, keys)
+        (sweep_dir / RECORD).write_text(json.dumps(asdict(record)))
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        failures = sorted(sweep_dir.glob(f"*/{ERROR_FILE}"), key=lambda p: _job_order(p.parent.name))
+        record = read_record(sweep_dir)
+        if record is not None:
+            from filterviz import tracking
+
+            tracker = tracking.Tracker(tracking.Store(record.uri, None), record.experiment)
+            multirun_yaml = sweep_dir / "multirun.yaml"
+            if multirun_yaml.is_file():
+                tracker.client.log_artifact(record.parent_run_id, str(multirun_yaml))
+            tracker.end_parent(record.parent_run_id, failed=len(failures))
+            print(f"sweep recorded as MLflow run {record.parent_run_id}; see it: {tracker.store.ui_command()}")
+        if failures:
+            print(f"error: {len(failures)} job(s) of the sweep failed:", file=sys.stderr)
+            for path in failures:
+                overrides, error = path.read_text().splitlines()[:2]
+                print(f"  #{path.parent.name} {overrides}: {error}", file=sys.stderr)
+            sys.exit(1)
+
+
+def _job_order(name: str) -> tuple:
+    return (0, int(name)) if name.isdigit() else (1, name)

@@ -1,0 +1,138 @@
+"""Sweeps, comparison and reproduction, as users run them, against temp stores."""
+
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+from omegaconf import OmegaConf
+
+from conftest import WEIGHTS, needs_weights, run_cli
+from filterviz.compare import differing_settings
+from filterviz.reproduce import changed_versions, replayed_overrides
+from filterviz.sweep import run_name, swept
+
+SMALL = ["layer=block1_conv1", "iters=3", "input_size=16", f"model.weights={WEIGHTS}"]
+
+
+def runs_of(store_dir):
+    client = MlflowClient(tracking_uri=f"sqlite:///{store_dir / 'mlruns' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("filterviz")
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("filterviz.sweep") == "parent"]
+    children = [r for r in runs if r not in parents]
+    return client, parents, children
+
+
+def test_sweep_names_come_from_the_swept_overrides():
+    assert swept(["layer=block1_conv2,block3_conv1", "iters=100", "step_size=range(1,3)"]) == [
+        "layer=block1_conv2,block3_conv1", "step_size=range(1,3)"]
+    job = ["layer=block3_conv1", "step_size=10", "iters=100", "model.weights=/w.h5", "tracking.uri=x"]
+    assert run_name(job, ["layer", "step_size"]) == "layer=block3_conv1,step_size=10"
+    assert run_name(job) == "iters=100,layer=block3_conv1,step_size=10"
+
+
+@pytest.fixture(scope="module")
+def parallel_sweep(tmp_path_factory):
+    """Four joblib jobs at once on a store that does not exist yet."""
+    cwd = tmp_path_factory.mktemp("sweep")
+    proc = run_cli("-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=4", "filters=0,1", "step_size=1,10",
+                   *SMALL, cwd=cwd, env={"MLFLOW_TRACKING_URI": ""})
+    return cwd, proc
+
+
+@needs_weights
+def test_parallel_sweep_on_a_fresh_store_records_every_run_under_one_parent(parallel_sweep):
+    cwd, proc = parallel_sweep
+    assert proc.returncode == 0, proc.stderr
+    _, [parent], children = runs_of(cwd)
+    assert parent.info.run_name == "filters=0,1 step_size=1,10"
+    assert parent.info.status == "FINISHED"
+    assert sorted(r.info.run_name for r in children) == [
+        "filters=0,step_size=1", "filters=0,step_size=10", "filters=1,step_size=1", "filters=1,step_size=10"]
+    for child in children:
+        assert child.info.status == "FINISHED"
+        assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert len(child.data.metrics) > 0
+
+
+@needs_weights
+def test_a_failing_job_ends_failed_the_others_finish_and_the_sweep_says_which(tmp_path):
+    proc = run_cli("-m", "hydra/launcher=submitit_local", "filters=0,999", *SMALL, cwd=tmp_path,
+                   env={"MLFLOW_TRACKING_URI": ""})
+    assert proc.returncode == 1
+    assert "error: 1 job(s) of the sweep failed:" in proc.stderr
+    assert "filters=999" in proc.stderr and "filter 999 is out of range" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    _, [parent], [child] = runs_of(tmp_path)
+    assert (child.info.run_name, child.info.status) == ("filters=0", "FINISHED")
+    assert parent.info.status == "FAILED" and parent.data.tags["error"] == "1 job(s) failed"
+
+
+@needs_weights
+def test_compare_draws_the_sweep_and_logs_it_to_the_parent(parallel_sweep, tmp_path):
+    cwd, _ = parallel_sweep
+    client, [parent], children = runs_of(cwd)
+    assert differing_settings(children) == ["filters", "step_size"]
+    out = tmp_path / "cmp.png"
+    proc = subprocess.run([sys.executable, "-m", "filterviz.compare", parent.info.run_id, "--out", str(out)],
+                          cwd=cwd, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert f"comparison: {out}" in proc.stdout and out.stat().st_size > 10_000
+    assert [a.path for a in client.list_artifacts(parent.info.run_id, "compare")] == ["compare/cmp.png"]
+
+    proc = subprocess.run([sys.executable, "-m", "filterviz.compare", "filterviz", "--filter", "params.step_size='10.0'",
+                           "--out", str(tmp_path / "ten.png")], cwd=cwd, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+    proc = subprocess.run([sys.executable, "-m", "filterviz.compare", "filterviz", "--filter", "params.layer='none'"],
+                          cwd=cwd, capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == "error: found 0 finished run(s) for 'filterviz'; compare needs at least 2"
+
+
+@needs_weights
+def test_reproduce_gives_the_identical_image_and_tags_the_new_run(parallel_sweep):
+    cwd, _ = parallel_sweep
+    client, _, children = runs_of(cwd)
+    original = next(r for r in children if r.info.run_name == "filters=1,step_size=10")
+    proc = subprocess.run([sys.executable, "-m", "filterviz.reproduce", original.info.run_id],
+                          cwd=cwd, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "identical: run " in proc.stdout and f"reproduces {original.info.run_id} bit for bit" in proc.stdout
+    [again] = client.search_runs([original.info.experiment_id], f"tags.reproduces = '{original.info.run_id}'")
+    assert again.info.status == "FINISHED"
+    assert again.data.params["filters"] == "1" and again.data.params["step_size"] == "10.0"
+
+
+def test_reproduce_replays_settings_but_not_where_runs_are_stored():
+    assert replayed_overrides(["layer=b", "tracking.uri=sqlite:///x", "+tracking.tags.reproduces=abc", "iters=3"]) \
+        == ["layer=b", "iters=3"]
+    assert changed_versions({"git.commit": "abc", "versions.keras": "3.1"},
+                            {"git.commit": "def", "versions.keras": "3.1", "versions.mlflow": "3"}) == [
+        "git.commit: run had abc, now def"]
+
+
+def test_reproduce_and_compare_refuse_a_missing_store_in_one_line(tmp_path):
+    for module in ["filterviz.reproduce", "filterviz.compare"]:
+        proc = subprocess.run([sys.executable, "-m", module, "abc"], cwd=tmp_path, capture_output=True, text=True)
+        assert proc.returncode == 1
+        assert proc.stderr.strip() == f"error: no MLflow store at {tmp_path.resolve()}/mlruns/mlflow.db: " \
+                                      "pass --tracking-uri or set MLFLOW_TRACKING_URI"
+        assert not (tmp_path / "mlruns" / "mlflow.db").exists()
+
+
+@needs_weights
+def test_optuna_example_maximises_the_final_activation(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    proc = run_cli("-m", "experiment=optuna_step", "hydra.sweeper.n_trials=2", "filters=0:2", *SMALL,
+                   cwd=tmp_path, env={"MLFLOW_TRACKING_URI": ""})
+    assert proc.returncode == 0, proc.stderr
+    _, [parent], children = runs_of(tmp_path)
+    assert "step_size=tag(log, interval(0.5, 50))" in parent.info.run_name
+    assert len(children) == 2
+    assert all(math.isfinite(c.data.metrics["activation/mean"]) for c in children)
+    best = OmegaConf.load(next(tmp_path.glob("multirun/*/*/optimization_results.yaml")))
+    assert best.best_value == pytest.approx(max(c.data.metrics["activation/mean"] for c in children), rel=1e-5)
