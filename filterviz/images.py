@@ -36,7 +36,7 @@ def mosaic(images: np.ndarray, gap: int = 2) -> np.ndarray:
     return out
 
 
-def save_grid(images: np.ndarray, filters: Sequence[int], title: str, path: Path) -> None:
+def save_grid(images: np.ndarray, filters: Sequence, title: str, path: Path) -> None:
     """One figure of every filter's image, each labelled with its filter index."""
     n, h, w, _ = images.shape
     cols = math.ceil(math.sqrt(n))
@@ -56,7 +56,7 @@ def save_grid(images: np.ndarray, filters: Sequence[int], title: str, path: Path
     plt.close(fig)
 
 
-def save_loss_curves(losses: np.ndarray, filters: Sequence[int], title: str, path: Path) -> None:
+def save_loss_curves(losses: np.ndarray, filters: Sequence, title: str, path: Path) -> None:
     """Each filter's loss per iteration, and their mean in black."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
     steps = np.arange(losses.shape[1])
@@ -75,3 +75,16 @@ def save_loss_curves(losses: np.ndarray, filters: Sequence[int], title: str, pat
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def save_gif(frames: Sequence[np.ndarray], path: Path, side: int = 192, ms_per_frame: int = 80) -> None:
+    """The ascent of one image as an animated GIF, each frame scaled like the final PNG."""
+    from PIL import Image
+
+    repeat = max(1, side // frames[0].shape[0])
+    pictures = []
+    for frame in frames:
+        shown = (to_display(frame) * 255).round().astype(np.uint8)
+        shown = shown.repeat(repeat, axis=0).repeat(repeat, axis=1)
+        pictures.append(Image.fromarray(shown[..., 0] if shown.shape[-1] == 1 else shown))
+    pictures[0].save(path, save_all=True, append_images=pictures[1:], duration=ms_per_frame, loop=0)

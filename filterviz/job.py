@@ -5,17 +5,20 @@ stays in `__main__`, so this can be driven from a test or a notebook with a comp
 """
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 import keras
 import numpy as np
 import tensorflow as tf
 from omegaconf import DictConfig, OmegaConf
 
-from filterviz import images, models, tracking
-from filterviz.ascent import AscentResult, visualize_filters
+from filterviz import images, models, objectives, quality, tracking
+from filterviz.ascent import AscentResult, Recipe, retry_dead, visualize_filters
+from filterviz.optimizers import make_optimizer
+from filterviz.params import make_param
+from filterviz.transforms import Transforms
 from filterviz.console import Progress
 from filterviz.errors import ConfigError
 from filterviz.filters import parse_filters
@@ -25,6 +28,7 @@ from filterviz.filters import parse_filters
 class JobResult:
     results_dir: Path  # the files of this run, on local disk
     final_activation: float  # mean over filters: what a sweeper maximises
+    quality: Dict[str, float] = field(default_factory=dict)  # run-level quality figures, seconds
     run_id: Optional[str] = None
     artifact_uri: Optional[str] = None
     ui_command: Optional[str] = None
@@ -55,30 +59,63 @@ def run(cfg: DictConfig, output_dir: Path, run_name: Optional[str] = None, comma
     models.check_input_size(cut, cfg.input_size)
     filters = parse_filters(OmegaConf.to_object(cfg.filters) if OmegaConf.is_config(cfg.filters) else cfg.filters,
                             cut.n_filters, cfg.seed, cut.layer)
+    recipe = make_recipe(cfg, cut)
     title = f"{cfg.model.name} {cut.layer}"
     print(f"{title}: {len(filters)} filter(s), {cfg.iters} iterations, step {cfg.step_size}, "
           f"{cfg.input_size}x{cfg.input_size}")
 
     results_dir = output_dir / "results"
     if tracker is None:
-        ascent, _ = _ascend_and_write(cfg, cut, filters, title, results_dir)
-        return JobResult(results_dir, float(ascent.final_activations.mean()))
+        outcome = _ascend_and_write(cfg, cut, recipe, filters, title, results_dir)
+        return JobResult(results_dir, outcome.objective, outcome.figures())
 
     params = tracking.flatten(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
     tags = {**tracking.provenance_tags(command), "filterviz.filters": ",".join(map(str, filters)),
             **cfg.tracking.tags}
     with tracker.run(run_name or f"{cfg.model.name}-{cut.layer}", params, tags, parent_run_id) as run_id:
-        ascent, seconds = _ascend_and_write(cfg, cut, filters, title, results_dir)
-        tracker.log_losses(run_id, filters, ascent.losses)
-        tracker.log_values(run_id, seconds=seconds, filter_iters_per_second=len(filters) * cfg.iters / seconds,
-                           **{"activation/mean": ascent.final_activations.mean()},
-                           **{f"activation/filter_{f}": a for f, a in zip(filters, ascent.final_activations)})
+        outcome = _ascend_and_write(cfg, cut, recipe, filters, title, results_dir)
+        ascent = outcome.ascent
+        tracker.log_losses(run_id, _labels(ascent), ascent.losses)
+        per_filter = {f"{name}/filter_{label}": value for name, values in outcome.quality.per_image().items()
+                      for label, value in zip(_labels(ascent), values)}
+        tracker.log_values(run_id, seconds=outcome.seconds,
+                           filter_iters_per_second=len(ascent.filters) * cfg.iters / outcome.seconds,
+                           **outcome.quality.summary(), **per_filter)
         tracker.log_artifacts(run_id, results_dir)
         hydra_dir = output_dir / ".hydra"
         if hydra_dir.is_dir():
             tracker.log_artifacts(run_id, hydra_dir, ".hydra")
-    return JobResult(results_dir, float(ascent.final_activations.mean()), run_id, tracker.artifact_uri(run_id),
+    return JobResult(results_dir, outcome.objective, outcome.figures(), run_id, tracker.artifact_uri(run_id),
                      tracker.store.ui_command())
+
+
+def make_recipe(cfg: DictConfig, cut: models.LayerCut) -> Recipe:
+    """The config's technique groups as the core's objects; bad combinations fail in one line."""
+    options = lambda node: {k: v for k, v in OmegaConf.to_container(node, enum_to_str=True).items()  # noqa: E731
+                            if k != "name"}
+    objective = cfg.objective
+    terms = objectives.build(objective.expr, OmegaConf.to_container(cfg.regularizers))
+    if objective.copies < 1:
+        raise ConfigError(f"objective.copies={objective.copies}: at least 1 image per filter")
+    if any(name == "diversity" for _, name in terms) and objective.copies < 2:
+        raise ConfigError("the diversity term needs several images per filter: set objective.copies=4, say")
+    direction = None
+    if any(name == "direction" for _, name in terms):
+        direction = np.asarray(objective.direction if objective.direction is not None
+                               else objectives.random_direction(cut.n_filters, cfg.seed), np.float32)
+        if direction.shape != (cut.n_filters,):
+            raise ConfigError(f"objective.direction has {direction.size} values; {cut.layer} has {cut.n_filters} "
+                              "channels")
+    return Recipe(
+        param=make_param(cfg.param.name, **options(cfg.param)),
+        transforms=Transforms(**OmegaConf.to_container(cfg.transforms)),
+        objective=terms,
+        optimizer=make_optimizer(cfg.optimizer.name, **options(cfg.optimizer)),
+        preprocess=models.preprocessor(cfg.model.name) if cfg.preprocess else None,
+        copies=objective.copies,
+        border=objective.border,
+        direction=direction,
+    )
 
 
 def _seed_everything(seed: int, deterministic: bool) -> None:
@@ -87,26 +124,63 @@ def _seed_everything(seed: int, deterministic: bool) -> None:
         tf.config.experimental.enable_op_determinism()
 
 
-def _ascend_and_write(cfg: DictConfig, cut: models.LayerCut, filters: List[int], title: str, results_dir: Path):
-    progress = Progress(len(filters), cfg.iters)
+@dataclass
+class Outcome:
+    ascent: AscentResult
+    quality: quality.Quality
+    seconds: float
+
+    @property
+    def objective(self) -> float:
+        """Mean final activation over the live filters: what a sweeper maximises."""
+        return self.quality.summary()["quality/final_activation"]
+
+    def figures(self) -> Dict[str, float]:
+        return {**self.quality.summary(), "seconds": self.seconds}
+
+
+def _ascend_and_write(cfg: DictConfig, cut: models.LayerCut, recipe: Recipe, filters: List[int], title: str,
+                      results_dir: Path) -> Outcome:
+    progress = Progress(len(filters) * recipe.copies, cfg.iters)
+    schedule = dict(iters=cfg.iters, step_size=cfg.step_size, input_size=cfg.input_size, batch_size=cfg.batch_size,
+                    layer=cut.layer)
     start = time.perf_counter()
     try:
-        ascent = visualize_filters(cut.extractor, filters, iters=cfg.iters, step_size=cfg.step_size,
-                                   input_size=cfg.input_size, batch_size=cfg.batch_size, on_step=progress)
+        ascent = visualize_filters(cut.extractor, filters, recipe=recipe, seed=cfg.seed, on_step=progress,
+                                   gif_filter=(filters[0] if cfg.gif_filter is None else cfg.gif_filter)
+                                   if cfg.save_gif else None, **schedule)
+        if cfg.retry_dead:
+            ascent = retry_dead(cut.extractor, ascent, cfg.retry_dead, recipe=recipe, seed=cfg.seed, **schedule)
     finally:
         progress.close()
     seconds = time.perf_counter() - start
+    figures = quality.measure(cut.extractor, ascent.images, ascent.filters, ascent.losses, recipe.preprocess)
+    if figures.dead.any():
+        dead = sorted({f for f, d in zip(ascent.filters, figures.dead) if d})
+        print(f"dead filter(s), never fired: {', '.join(map(str, dead))}"
+              + ("" if cfg.retry_dead else " (retry_dead=2 tries new random starts)"))
     write_results(ascent, title, results_dir, OmegaConf.to_yaml(cfg, resolve=True))
-    return ascent, seconds
+    return Outcome(ascent, figures, seconds)
+
+
+def _labels(ascent: AscentResult) -> List[str]:
+    """`12` per filter, or `12.0`, `12.1`, ... when a filter has several images."""
+    if ascent.copies == 1:
+        return [str(f) for f in ascent.filters]
+    return [f"{f}.{i % ascent.copies}" for i, f in enumerate(ascent.filters)]
 
 
 def write_results(ascent: AscentResult, title: str, out: Path, resolved_config: str) -> None:
     """Everything a run produces, as files: per-filter PNGs, grid, loss curves, raw arrays, config."""
     (out / "images").mkdir(parents=True, exist_ok=True)
-    for f, image in zip(ascent.filters, ascent.images):
-        images.save_png(image, out / "images" / f"filter_{f:04d}.png")
-    images.save_grid(ascent.images, ascent.filters, title, out / "grid.png")
-    images.save_loss_curves(ascent.losses, ascent.filters, title, out / "loss_curve.png")
+    labels = _labels(ascent)
+    for label, image in zip(labels, ascent.images):
+        number, _, copy = label.partition(".")
+        images.save_png(image, out / "images" / (f"filter_{int(number):04d}" + (f"_{copy}" if copy else "") + ".png"))
+    images.save_grid(ascent.images, labels, title, out / "grid.png")
+    images.save_loss_curves(ascent.losses, labels, title, out / "loss_curve.png")
+    if ascent.frames:
+        images.save_gif(ascent.frames, out / "ascent.gif")
     np.save(out / "images.npy", ascent.images)
     np.save(out / "filters.npy", np.asarray(ascent.filters))
     np.save(out / "losses.npy", ascent.losses)

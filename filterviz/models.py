@@ -15,6 +15,12 @@ APPLICATIONS: Dict[str, Callable[..., keras.Model]] = {
     "resnet50": keras.applications.ResNet50,
 }
 MODEL_NAMES = sorted(APPLICATIONS) + ["file"]
+# Each application's own preprocessing, applied in the graph to 0..255 RGB.
+PREPROCESS_INPUT = {
+    "vgg16": keras.applications.vgg16.preprocess_input,
+    "vgg19": keras.applications.vgg19.preprocess_input,
+    "resnet50": keras.applications.resnet50.preprocess_input,
+}
 
 
 @dataclass
@@ -66,6 +72,17 @@ def load_model(name: str, weights: Optional[str] = "imagenet", path: Optional[st
     model = build(include_top=False, weights=None, input_shape=(None, None, 3))
     _load_weights(model, weights, name)
     return model
+
+
+def preprocessor(name: str) -> Optional[Callable]:
+    """[0, 1] RGB images -> what `name` was trained on (VGG/ResNet: BGR, mean-subtracted 0..255).
+
+    None for a user's own model, which gets the [0, 1] image as it is.
+    """
+    if name not in PREPROCESS_INPUT:
+        return None
+    preprocess_input = PREPROCESS_INPUT[name]
+    return lambda images: preprocess_input(images * 255.0)
 
 
 def conv_layer_names(model: keras.Model) -> List[str]:

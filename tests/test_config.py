@@ -19,10 +19,21 @@ def make_cfg(*overrides):
         return compose("config", overrides=list(overrides))
 
 
-def test_defaults_are_the_notebooks_settings():
+def test_the_default_is_the_best_preset_and_the_seed_preset_is_the_notebooks():
     cfg = make_cfg()
     assert (cfg.model.name, cfg.model.weights, cfg.layer) == ("vgg16", "imagenet", "block3_conv1")
-    assert (cfg.step_size, cfg.input_size, cfg.tracking.enabled) == (10.0, 96, True)
+    assert (cfg.input_size, cfg.tracking.enabled) == (96, True)
+    best = make_cfg("experiment=best")
+    assert cfg == best
+    seed = make_cfg("experiment=seed")
+    assert (seed.param.name, seed.transforms.pad, seed.objective.expr, seed.optimizer.name) == (
+        "pixel", 0, "channel", "l2_step")
+    assert (seed.step_size, seed.preprocess, seed.param.init_value) == (10.0, False, 0.5)
+
+
+def test_command_line_groups_win_over_the_preset():
+    cfg = make_cfg("optimizer=l2_step", "step_size=3")
+    assert (cfg.optimizer.name, cfg.step_size, cfg.param.name) == ("l2_step", 3.0, "fourier")
 
 
 @pytest.mark.parametrize("model", ["vgg16", "vgg19", "resnet50", "file"])

@@ -133,6 +133,6 @@ def test_optuna_example_maximises_the_final_activation(tmp_path):
     _, [parent], children = runs_of(tmp_path)
     assert "step_size=tag(log, interval(0.5, 50))" in parent.info.run_name
     assert len(children) == 2
-    assert all(math.isfinite(c.data.metrics["activation/mean"]) for c in children)
+    assert all(math.isfinite(c.data.metrics["quality/final_activation"]) for c in children)
     best = OmegaConf.load(next(tmp_path.glob("multirun/*/*/optimization_results.yaml")))
-    assert best.best_value == pytest.approx(max(c.data.metrics["activation/mean"] for c in children), rel=1e-5)
+    assert best.best_value == pytest.approx(max(c.data.metrics["quality/final_activation"] for c in children), rel=1e-5)

@@ -1,0 +1,105 @@
+"""Which preset makes the best pictures for the same wall time on this machine?
+
+For each preset (experiments/experiment/*.yaml) and each layer, a short calibration run
+measures seconds per iteration; the real run then gets as many iterations as fit in the
+same time budget. Same 8 filters, same seed. Prints a table of the quality figures
+(filterviz/quality.py) and time, and saves one figure: a row of the 8 filters' images per
+preset and layer.
+
+    python experiments/presets.py --weights ../shared/weights/vgg16_imagenet_notop.weights.h5 \\
+        --budget 40 --out docs/presets.png
+"""
+
+import argparse
+import os
+import tempfile
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import matplotlib  # noqa: E402
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from hydra import compose, initialize_config_module  # noqa: E402
+
+from filterviz import job  # noqa: E402
+from filterviz.config import register_configs  # noqa: E402
+from filterviz.images import to_display  # noqa: E402
+
+PRESETS = ["seed", "keras_example", "lucid", "best"]
+LAYERS = ["block1_conv2", "block3_conv1", "block5_conv1"]
+
+
+def run(preset: str, layer: str, iters: int, args, out: Path) -> job.JobResult:
+    overrides = [f"experiment={preset}", f"layer={layer}", f"filters={args.filters}", f"iters={iters}",
+                 "tracking=off", f"model.weights={args.weights}", f"input_size={args.size}"]
+    with initialize_config_module(version_base="1.3", config_module="filterviz.conf"):
+        cfg = compose("config", overrides=overrides)
+    return job.run(cfg, out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--weights", default="imagenet")
+    parser.add_argument("--presets", default=",".join(PRESETS))
+    parser.add_argument("--layers", default=",".join(LAYERS))
+    parser.add_argument("--filters", default="0:8")
+    parser.add_argument("--size", type=int, default=96)
+    parser.add_argument("--budget", type=float, default=40.0, help="seconds per preset and layer")
+    parser.add_argument("--out", type=Path, default=Path("presets.png"))
+    args = parser.parse_args()
+    register_configs()
+    presets, layers = args.presets.split(","), args.layers.split(",")
+
+    rows, table = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for preset in presets:
+            for layer in layers:
+                # The ascent's own seconds (no model loading); the difference cancels tracing.
+                short = run(preset, layer, 5, args, Path(tmp) / "calibrate").quality["seconds"]
+                long = run(preset, layer, 25, args, Path(tmp) / "calibrate").quality["seconds"]
+                per_iter = max((long - short) / 20, 1e-4)
+                iters = max(10, int((args.budget - short) / per_iter))
+                result = run(preset, layer, iters, args, Path(tmp) / f"{preset}-{layer}")
+                images = np.load(result.results_dir / "images.npy")
+                rows.append((preset, layer, images))
+                q = result.quality
+                table.append((preset, layer, iters, q["seconds"], q["quality/final_activation"],
+                              q["quality/robustness"], q["quality/hf_fraction"], int(q["quality/dead_filters"])))
+                print(f"{preset:>14} {layer:>13}: {iters} iters in {q['seconds']:.1f} s", flush=True)
+
+    print("\n| preset | layer | iterations | seconds | final activation | robustness | HF fraction | dead |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for preset, layer, iters, secs, act, rob, hf, dead in table:
+        print(f"| {preset} | {layer} | {iters} | {secs:.1f} | {act:.1f} | {rob:.2f} | {hf:.3f} | {dead} |")
+    # Activations are not comparable between raw and preprocessed inputs, so the score is
+    # robustness x (1 - HF fraction): survives small shifts, and is not pixel noise.
+    print("\nmeans over layers; score = robustness x (1 - HF fraction), higher is better:")
+    scores = {}
+    for preset in presets:
+        mine = [t for t in table if t[0] == preset]
+        robustness, hf = np.nanmean([t[5] for t in mine]), np.mean([t[6] for t in mine])
+        scores[preset] = robustness * (1 - hf)
+        print(f"  {preset:>14}: robustness {robustness:.2f}, HF fraction {hf:.3f}, "
+              f"dead {sum(t[7] for t in mine)}, score {scores[preset]:.3f}")
+    print(f"winner: {max(scores, key=scores.get)}")
+
+    cols = max(len(r[2]) for r in rows)
+    fig, axes = plt.subplots(len(rows), cols, figsize=(cols * 1.1, len(rows) * 1.15))
+    for (preset, layer, images), line in zip(rows, np.atleast_2d(axes)):
+        for ax, image in zip(line, list(images) + [None] * (cols - len(images))):
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if image is not None:
+                ax.imshow(to_display(image))
+        line[0].set_ylabel(f"{preset}\n{layer}", rotation=0, ha="right", va="center", fontsize=8)
+    fig.suptitle(f"filters {args.filters}, {args.budget:.0f} s per preset and layer, {args.size} px")
+    fig.tight_layout()
+    fig.savefig(args.out, dpi=80)
+    print(f"figure: {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,133 @@
+"""What the ascent maximises (config group `objective`): a weighted sum of terms.
+
+Activation terms (of the layer's output): channel (the seeds'), neuron (the centre unit),
+layer (DeepDream: mean square of the whole layer), direction (a vector in channel space),
+diversity (images of the same filter pushed apart). Image terms (regularizers, usually
+with a negative weight): l1, l2, tv (total variation), blur.
+
+    expr: "channel - 0.1 * l2 + 0.5 * diversity"
+
+Each weight multiplies its own term only. Every term is per image, so an image's objective
+never depends on other filters in its batch (diversity compares copies of one filter only).
+"""
+
+import re
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import tensorflow as tf
+
+from filterviz.errors import ConfigError
+from filterviz.transforms import gaussian_blur
+
+
+@dataclass
+class Context:
+    activations: tf.Tensor  # (batch, h, w, channels) of the layer, float32
+    filters: tf.Tensor  # (batch,) int32: each image's filter
+    images: tf.Tensor  # (batch, size, size, c): the image in [0, 1] before transforms
+    copies: int  # images per filter, consecutive in the batch
+    border: int  # activation-map pixels left out at each edge
+    direction: Optional[tf.Tensor]  # (channels,) for `direction`
+
+
+def _cropped(ctx: Context) -> tf.Tensor:
+    b = ctx.border
+    return ctx.activations[:, b:-b, b:-b, :] if b else ctx.activations
+
+
+def channel(ctx: Context) -> tf.Tensor:
+    return tf.reduce_mean(tf.gather(_cropped(ctx), ctx.filters, axis=3, batch_dims=1), axis=[1, 2])
+
+
+def neuron(ctx: Context) -> tf.Tensor:
+    acts = ctx.activations
+    centre = acts[:, tf.shape(acts)[1] // 2, tf.shape(acts)[2] // 2, :]
+    return tf.gather(centre, ctx.filters, axis=1, batch_dims=1)
+
+
+def layer(ctx: Context) -> tf.Tensor:
+    return tf.reduce_mean(tf.square(_cropped(ctx)), axis=[1, 2, 3])
+
+
+def direction(ctx: Context) -> tf.Tensor:
+    unit = tf.math.l2_normalize(ctx.direction)
+    return tf.reduce_mean(tf.tensordot(_cropped(ctx), unit, axes=[[3], [0]]), axis=[1, 2])
+
+
+def diversity(ctx: Context) -> tf.Tensor:
+    """Minus the mean cosine similarity of an image's Gram matrix to those of its filter's other copies."""
+    k = ctx.copies
+    if k < 2:
+        return tf.zeros(tf.shape(ctx.activations)[:1])
+    acts = ctx.activations
+    flat = tf.reshape(acts, [tf.shape(acts)[0], -1, tf.shape(acts)[3]])
+    gram = tf.math.l2_normalize(tf.reshape(tf.matmul(flat, flat, transpose_a=True), [tf.shape(acts)[0], -1]), axis=1)
+    groups = tf.reshape(gram, [-1, k, tf.shape(gram)[1]])
+    similarity = tf.matmul(groups, groups, transpose_b=True)  # (groups, k, k)
+    others = (tf.reduce_sum(similarity, axis=2) - 1.0) / (k - 1)  # drop the self-similarity of 1
+    return -tf.reshape(others, [-1])
+
+
+def l1(ctx: Context) -> tf.Tensor:
+    return tf.reduce_mean(tf.abs(ctx.images - 0.5), axis=[1, 2, 3])
+
+
+def l2(ctx: Context) -> tf.Tensor:
+    return tf.sqrt(tf.reduce_mean(tf.square(ctx.images - 0.5), axis=[1, 2, 3]))
+
+
+def tv(ctx: Context) -> tf.Tensor:
+    x = ctx.images
+    return (tf.reduce_mean(tf.abs(x[:, 1:] - x[:, :-1]), axis=[1, 2, 3])
+            + tf.reduce_mean(tf.abs(x[:, :, 1:] - x[:, :, :-1]), axis=[1, 2, 3]))
+
+
+def blur(ctx: Context) -> tf.Tensor:
+    """How far the image is from a blurred copy of itself: penalises high frequencies."""
+    return tf.reduce_mean(tf.square(ctx.images - tf.stop_gradient(gaussian_blur(ctx.images, 1.0))), axis=[1, 2, 3])
+
+
+TERMS: Dict[str, Callable[[Context], tf.Tensor]] = {
+    f.__name__: f for f in (channel, neuron, layer, direction, diversity, l1, l2, tv, blur)}
+_TERM = re.compile(r"\s*([+-])?\s*(?:(\d+(?:\.\d*)?(?:[eE][+-]?\d+)?|\.\d+)\s*\*\s*)?([a-z_0-9]+)\s*")
+
+
+def parse(expr: str) -> List[Tuple[float, str]]:
+    """'channel - 0.1 * l2' -> [(1.0, 'channel'), (-0.1, 'l2')]"""
+    terms, pos = [], 0
+    while pos < len(expr):
+        m = _TERM.match(expr, pos)
+        if not m or (terms and not m.group(1)):
+            raise ConfigError(f"objective {expr!r} is not a weighted sum: write e.g. \"channel - 0.1 * l2\"")
+        sign, weight, name = m.groups()
+        if name not in TERMS:
+            raise ConfigError(f"unknown objective term {name!r}: use {', '.join(TERMS)}")
+        terms.append(((-1.0 if sign == "-" else 1.0) * float(weight or 1.0), name))
+        pos = m.end()
+    if not terms:
+        raise ConfigError("objective is empty: write e.g. objective.expr=channel")
+    return terms
+
+
+def build(expr: str, regularizers: Dict[str, float]) -> List[Tuple[float, str]]:
+    """The expression's terms, then each regularizer with a non-zero weight, subtracted."""
+    unknown = set(regularizers) - {"l1", "l2", "tv", "blur"}
+    if unknown:
+        raise ConfigError(f"unknown regularizer {sorted(unknown)[0]!r}: use l1, l2, tv, blur")
+    return parse(expr) + [(-float(w), name) for name, w in regularizers.items() if w]
+
+
+def evaluate(terms: Sequence[Tuple[float, str]], ctx: Context) -> tf.Tensor:
+    """The per-image objective: the weighted sum of the terms."""
+    total = None
+    for weight, name in terms:
+        value = TERMS[name](ctx)
+        value = value if weight == 1.0 else weight * value
+        total = value if total is None else total + value
+    return total
+
+
+def random_direction(channels: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal(channels).astype(np.float32)

@@ -1,0 +1,181 @@
+"""The techniques of issue 4: parameterizations, transforms, objectives, quality, presets."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from hydra import compose, initialize_config_module
+
+from conftest import WEIGHTS, needs_weights
+from filterviz import objectives
+from filterviz.ascent import Recipe, dead_images, retry_dead, visualize_filters
+from filterviz.config import register_configs
+from filterviz.errors import ConfigError
+from filterviz.models import cut_at, preprocessor
+from filterviz.optimizers import Adam
+from filterviz.params import Fourier, Pixel
+from filterviz.quality import hf_fraction, measure
+from filterviz.transforms import Transforms, image_seeds
+
+LUCID = dict(param=Fourier(), transforms=Transforms(pad=12, jitter=8, scale=[0.9, 1.1], rotate=10.0,
+                                                     jitter_after=4), optimizer=Adam())
+
+
+@pytest.mark.parametrize("options, grow", [
+    (dict(pad=5), 10), (dict(jitter=8), 0), (dict(scale=[0.8, 1.2]), 0), (dict(rotate=30.0), 0),
+    (dict(blur=1.5), 0), (dict(jitter_after=4), 0),
+    (dict(pad=12, jitter=8, scale=[0.9, 1.1], rotate=10.0, jitter_after=4, blur=0.5), 24),
+])
+def test_each_transform_keeps_shape_and_range(options, grow):
+    images = tf.random.stateless_uniform((3, 40, 40, 3), seed=[1, 2], minval=0.2, maxval=0.9)
+    view = Transforms(**options)(images, tf.constant([5, 6, 7]), tf.constant(3))
+    assert view.shape == (3, 40 + grow, 40 + grow, 3)
+    assert float(tf.reduce_min(view)) >= 0.2 - 1e-5 and float(tf.reduce_max(view)) <= 0.9 + 1e-5
+    again = Transforms(**options)(images, tf.constant([5, 6, 7]), tf.constant(3))
+    np.testing.assert_array_equal(view, again)  # stateless: same seeds, same view
+    if options.get("jitter"):
+        other = Transforms(**options)(images, tf.constant([5, 6, 7]), tf.constant(4))
+        assert not np.allclose(view, other), "another step must draw another view"
+
+
+def test_image_seeds_are_stable_and_per_filter():
+    assert image_seeds(0, "b", [3, 4]) == image_seeds(0, "b", [3, 4])
+    assert image_seeds(0, "b", [3, 4])[1] == image_seeds(0, "b", [9, 4])[1]
+    assert len(set(image_seeds(0, "b", [3], copies=4))) == 4
+
+
+@pytest.mark.parametrize("squash", ["sigmoid", "clip"])
+@pytest.mark.parametrize("channels", [3, 1])
+def test_fourier_images_are_real_and_in_range(squash, channels):
+    param = Fourier(squash=squash, std=0.5)
+    params = param.init([1, 2], 33, channels)
+    image = param.to_image(params)
+    assert image.dtype == tf.float32 and image.shape == (2, 33, 33, channels)
+    assert np.isfinite(image).all() and float(tf.reduce_min(image)) >= 0 and float(tf.reduce_max(image)) <= 1
+    assert float(tf.math.reduce_std(image)) > 0.01, "a random spectrum is not a flat image"
+
+
+def _context(seed=0):
+    acts = tf.random.stateless_uniform((2, 6, 6, 4), seed=[seed, 1])
+    images = tf.random.stateless_uniform((2, 8, 8, 3), seed=[seed, 2])
+    return objectives.Context(acts, tf.constant([1, 3]), images, 1, 0, tf.constant([1.0, 0, 0, 0]))
+
+
+def test_weights_apply_to_their_own_term_only():
+    ctx = _context()
+    channel, l2, tv = (objectives.TERMS[n](ctx).numpy() for n in ("channel", "l2", "tv"))
+    got = objectives.evaluate(objectives.parse("channel - 0.1 * l2 + 2 * tv"), ctx).numpy()
+    np.testing.assert_allclose(got, channel - 0.1 * l2 + 2 * tv, rtol=1e-6)
+    # xplique's bug multiplied earlier terms by later weights: the first term must stay at weight 1
+    got = objectives.evaluate(objectives.parse("channel + 5 * tv"), ctx).numpy()
+    np.testing.assert_allclose(got, channel + 5 * tv, rtol=1e-6)
+    assert objectives.build("channel", {"l1": 0.5, "tv": 0.0}) == [(1.0, "channel"), (-0.5, "l1")]
+
+
+@pytest.mark.parametrize("expr, says", [
+    ("channel -", "is not a weighted sum"), ("0.1 * nonsense", "unknown objective term 'nonsense'"),
+    ("channel l2", "is not a weighted sum"), ("", "objective is empty"),
+])
+def test_bad_objectives_say_how_to_write_one(expr, says):
+    with pytest.raises(ConfigError, match=says):
+        objectives.parse(expr)
+
+
+def test_each_activation_term_reads_what_it_says():
+    ctx = _context()
+    acts = ctx.activations.numpy()
+    np.testing.assert_allclose(objectives.channel(ctx), [acts[0, :, :, 1].mean(), acts[1, :, :, 3].mean()], rtol=1e-6)
+    np.testing.assert_allclose(objectives.neuron(ctx), [acts[0, 3, 3, 1], acts[1, 3, 3, 3]], rtol=1e-6)
+    np.testing.assert_allclose(objectives.layer(ctx), (acts**2).mean(axis=(1, 2, 3)), rtol=1e-6)
+    np.testing.assert_allclose(objectives.direction(ctx), acts[..., 0].mean(axis=(1, 2)), rtol=1e-6)
+
+
+def test_high_frequency_fraction_separates_noise_from_smooth():
+    rng = np.random.default_rng(0)
+    noise = rng.uniform(size=(1, 64, 64, 3))
+    y, x = np.mgrid[0:64, 0:64] / 64.0
+    smooth = np.repeat((np.sin(2 * np.pi * x) * np.cos(2 * np.pi * y))[None, :, :, None], 3, axis=3)
+    assert hf_fraction(smooth)[0] < 0.01 < 0.5 < hf_fraction(noise)[0]
+
+
+@pytest.fixture(scope="module")
+def block3(vgg16):
+    return cut_at(vgg16, "block3_conv1").extractor
+
+
+def test_lucid_recipe_is_batch_invariant_and_seeded(block3):
+    recipe = Recipe(**LUCID, preprocess=preprocessor("vgg16"))
+    kwargs = dict(iters=6, step_size=0.05, input_size=48, recipe=recipe, seed=3, layer="block3_conv1")
+    first = visualize_filters(block3, [7, 1, 2, 3], batch_size=4, **kwargs)
+    last = visualize_filters(block3, [40, 41, 42, 7], batch_size=4, **kwargs)
+    np.testing.assert_array_equal(first.images[0], last.images[3])
+    other_seed = visualize_filters(block3, [7], batch_size=1, **{**kwargs, "seed": 4})
+    assert not np.allclose(first.images[0], other_seed.images[0])
+
+
+def _gram_similarity(extractor, images):
+    acts = extractor(images).numpy().reshape(len(images), -1, extractor.output_shape[-1])
+    grams = np.stack([a.T @ a for a in acts]).reshape(len(images), -1)
+    grams /= np.linalg.norm(grams, axis=1, keepdims=True)
+    return float(grams[0] @ grams[1])
+
+
+def test_diversity_pushes_a_filters_images_apart(block3):
+    base = dict(**LUCID, preprocess=preprocessor("vgg16"), copies=2)
+    kwargs = dict(iters=40, step_size=0.05, input_size=48, seed=0, layer="block3_conv1")
+    plain = visualize_filters(block3, [5], recipe=Recipe(**base), **kwargs)
+    diverse = visualize_filters(block3, [5], recipe=Recipe(**base, objective=objectives.parse(
+        "channel + 1000 * diversity")), **kwargs)
+    assert plain.filters == diverse.filters == [5, 5]
+    assert not np.allclose(diverse.images[0], diverse.images[1])
+    prep = preprocessor("vgg16")
+    assert _gram_similarity(block3, prep(diverse.images)) < _gram_similarity(block3, prep(plain.images)) - 0.01
+
+
+def test_lucid_pictures_are_more_robust_than_the_seeds(block3):
+    filters = [1, 2, 3, 4]
+    seed = visualize_filters(block3, filters, iters=40, step_size=10.0, input_size=64)
+    lucid_recipe = Recipe(**LUCID, preprocess=preprocessor("vgg16"))
+    lucid = visualize_filters(block3, filters, iters=60, step_size=0.05, input_size=64, recipe=lucid_recipe)
+    seed_q = measure(block3, seed.images, seed.filters, seed.losses)
+    lucid_q = measure(block3, lucid.images, lucid.filters, lucid.losses, preprocessor("vgg16"))
+    assert np.nanmean(lucid_q.robustness) > np.nanmean(seed_q.robustness)
+    assert lucid_q.hf_fraction.mean() < seed_q.hf_fraction.mean()
+
+
+@needs_weights
+def test_known_dead_filter_is_flagged_and_retry_revives_a_flat_start_casualty(vgg16):
+    block5 = cut_at(vgg16, "block5_conv3").extractor  # filter 1: keras#18334's dead filter
+    dead = visualize_filters(block5, [1, 2], iters=3, step_size=10.0, input_size=96)
+    assert dead_images(dead).tolist() == [True, False]
+    assert measure(block5, dead.images, dead.filters, dead.losses).dead.tolist() == [True, False]
+
+    block3 = cut_at(vgg16, "block3_conv1").extractor  # filter 0: nothing to climb from flat grey
+    kwargs = dict(iters=10, step_size=10.0, input_size=48)
+    flat = visualize_filters(block3, [0, 1], **kwargs)
+    assert dead_images(flat).tolist() == [True, False]
+    alive = flat.images[1].copy()
+    revived = retry_dead(block3, flat, 2, recipe=Recipe(), seed=0, **kwargs)
+    assert dead_images(revived).tolist() == [False, False]
+    np.testing.assert_array_equal(revived.images[1], alive)  # live filters are left alone
+
+
+@needs_weights
+def test_presets_compose_and_the_gif_is_written(tmp_path):
+    from filterviz import job
+
+    register_configs()
+    with initialize_config_module(version_base="1.3", config_module="filterviz.conf"):
+        seed = compose("config", overrides=["experiment=seed"])
+        lucid = compose("config", overrides=["experiment=lucid"])
+        cfg = compose("config", overrides=["experiment=lucid", "iters=4", "input_size=32", "layer=block1_conv1",
+                                           "filters=0:2", "save_gif=true", "tracking=off", f"model.weights={WEIGHTS}"])
+    assert (seed.param.name, seed.optimizer.name, seed.preprocess, seed.step_size) == ("pixel", "l2_step", False, 10.0)
+    assert not Transforms(**seed.transforms).active and seed.objective.expr == "channel"
+    assert (lucid.param.name, lucid.optimizer.name, lucid.preprocess, lucid.transforms.pad) == (
+        "fourier", "adam", True, 12)
+    result = job.run(cfg, tmp_path)
+    from PIL import Image
+
+    with Image.open(result.results_dir / "ascent.gif") as gif:
+        assert gif.n_frames == 5  # one per step and the final image
+    assert 0 <= result.quality["quality/hf_fraction"] <= 1
