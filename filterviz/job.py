@@ -91,8 +91,6 @@ def run(cfg: DictConfig, output_dir: Path, run_name: Optional[str] = None, comma
 
 def make_recipe(cfg: DictConfig, cut: models.LayerCut) -> Recipe:
     """The config's technique groups as the core's objects; bad combinations fail in one line."""
-    options = lambda node: {k: v for k, v in OmegaConf.to_container(node, enum_to_str=True).items()  # noqa: E731
-                            if k != "name"}
     objective = cfg.objective
     terms = objectives.build(objective.expr, OmegaConf.to_container(cfg.regularizers))
     if objective.copies < 1:
@@ -107,10 +105,10 @@ def make_recipe(cfg: DictConfig, cut: models.LayerCut) -> Recipe:
             raise ConfigError(f"objective.direction has {direction.size} values; {cut.layer} has {cut.n_filters} "
                               "channels")
     return Recipe(
-        param=make_param(cfg.param.name, **options(cfg.param)),
+        param=make_param(cfg.param.name, **_options(cfg.param)),
         transforms=Transforms(**OmegaConf.to_container(cfg.transforms)),
         objective=terms,
-        optimizer=make_optimizer(cfg.optimizer.name, **options(cfg.optimizer)),
+        optimizer=make_optimizer(cfg.optimizer.name, **_options(cfg.optimizer)),
         preprocess=models.preprocessor(cfg.model.name) if cfg.preprocess else None,
         copies=objective.copies,
         border=objective.border,
@@ -122,6 +120,11 @@ def _seed_everything(seed: int, deterministic: bool) -> None:
     keras.utils.set_random_seed(seed)
     if deterministic:  # process-wide and one-way in TensorFlow's public API
         tf.config.experimental.enable_op_determinism()
+
+
+def _options(node: DictConfig) -> Dict:
+    """A group's settings as keyword arguments, without the `name` that chose the class."""
+    return {k: v for k, v in OmegaConf.to_container(node, enum_to_str=True).items() if k != "name"}
 
 
 @dataclass
@@ -141,7 +144,7 @@ class Outcome:
 
 def _ascend_and_write(cfg: DictConfig, cut: models.LayerCut, recipe: Recipe, filters: List[int], title: str,
                       results_dir: Path) -> Outcome:
-    progress = Progress(len(filters) * recipe.copies, cfg.iters)
+    progress = Progress(len(filters), cfg.iters)
     schedule = dict(iters=cfg.iters, step_size=cfg.step_size, input_size=cfg.input_size, batch_size=cfg.batch_size,
                     layer=cut.layer)
     start = time.perf_counter()

@@ -2,7 +2,6 @@
 
 import pytest
 from hydra import compose, initialize_config_module
-from hydra.core.hydra_config import HydraConfig
 from hydra.errors import ConfigCompositionException
 from mlflow.tracking import MlflowClient
 

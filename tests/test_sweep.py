@@ -4,7 +4,6 @@ import math
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf

@@ -12,7 +12,7 @@ from filterviz.config import register_configs
 from filterviz.errors import ConfigError
 from filterviz.models import cut_at, preprocessor
 from filterviz.optimizers import Adam
-from filterviz.params import Fourier, Pixel
+from filterviz.params import Fourier
 from filterviz.quality import hf_fraction, measure
 from filterviz.transforms import Transforms, image_seeds
 
