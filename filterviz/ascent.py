@@ -44,14 +44,13 @@ class AscentResult:
     filters: List[int]  # each image's filter (repeated `copies` times, consecutively)
     images: np.ndarray  # (n_images, size, size, channels): the final images (raw pixels for `pixel`)
     losses: np.ndarray  # (n_images, iters): the objective at each iteration, before its update
-    final_activations: np.ndarray  # (n_images,): mean activation of the filter on the final image
     copies: int = 1
     frames: List[np.ndarray] = field(default_factory=list)  # of one image, for a GIF
 
 
 def dead_images(result: AscentResult) -> np.ndarray:
-    """Images whose filter never fired: zero activation at every step and at the end."""
-    return (result.final_activations <= 0) & (result.losses.max(axis=1) <= 0)
+    """Images whose filter never fired: zero at every step, so a zero gradient never moved them."""
+    return result.losses.max(axis=1) <= 0
 
 
 def retry_dead(extractor: keras.Model, result: AscentResult, attempts: int, *, recipe: Recipe, seed: int,
@@ -71,15 +70,7 @@ def retry_dead(extractor: keras.Model, result: AscentResult, attempts: int, *, r
             if f in rows:
                 j = rows[f] + (i - result.filters.index(f))  # the same copy of that filter
                 result.images[i], result.losses[i] = again.images[j], again.losses[j]
-                result.final_activations[i] = again.final_activations[j]
     return result
-
-
-def filter_means(extractor: keras.Model, images: tf.Tensor, filter_indices: tf.Tensor) -> tf.Tensor:
-    """Mean activation of each image's own filter."""
-    # float32 whatever the model computes in (mixed precision)
-    activations = tf.cast(extractor(images, training=False), tf.float32)
-    return tf.reduce_mean(tf.gather(activations, filter_indices, axis=3, batch_dims=1), axis=[1, 2])
 
 
 def make_step(extractor: keras.Model, recipe: Recipe):
@@ -136,10 +127,9 @@ def visualize_filters(
     recipe = recipe or Recipe()
     channels = int(extractor.input_shape[-1])
     step = make_step(extractor, recipe)
-    measure = tf.function(lambda x, idx: filter_means(extractor, x, idx), reduce_retracing=True)
     rate = tf.constant(step_size, tf.float32)
     every = max(1, iters // gif_frames)
-    out_filters, images, losses, finals, frames = [], [], [], [], []
+    out_filters, images, losses, frames = [], [], [], []
     for chunk in chunks(filters, max(1, batch_size // recipe.copies)):
         per_image = [f for f in chunk for _ in range(recipe.copies)]
         seeds = image_seeds(seed, layer, chunk, recipe.copies)
@@ -162,6 +152,4 @@ def visualize_filters(
         out_filters += per_image
         images.append(final.numpy())
         losses.append(tf.stack(history, axis=1).numpy())
-        finals.append(measure(recipe.preprocess(final) if recipe.preprocess else final, indices).numpy())
-    return AscentResult(out_filters, np.concatenate(images), np.concatenate(losses), np.concatenate(finals),
-                        recipe.copies, frames)
+    return AscentResult(out_filters, np.concatenate(images), np.concatenate(losses), recipe.copies, frames)

@@ -162,7 +162,7 @@ def _ascend_and_write(cfg: DictConfig, cut: models.LayerCut, recipe: Recipe, fil
         dead = sorted({f for f, d in zip(ascent.filters, figures.dead) if d})
         print(f"dead filter(s), never fired: {', '.join(map(str, dead))}"
               + ("" if cfg.retry_dead else " (retry_dead=2 tries new random starts)"))
-    write_results(ascent, title, results_dir, OmegaConf.to_yaml(cfg, resolve=True))
+    write_results(ascent, figures, title, results_dir, OmegaConf.to_yaml(cfg, resolve=True))
     return Outcome(ascent, figures, seconds)
 
 
@@ -173,7 +173,8 @@ def _labels(ascent: AscentResult) -> List[str]:
     return [f"{f}.{i % ascent.copies}" for i, f in enumerate(ascent.filters)]
 
 
-def write_results(ascent: AscentResult, title: str, out: Path, resolved_config: str) -> None:
+def write_results(ascent: AscentResult, figures: quality.Quality, title: str, out: Path,
+                  resolved_config: str) -> None:
     """Everything a run produces, as files: per-filter PNGs, grid, loss curves, raw arrays, config."""
     (out / "images").mkdir(parents=True, exist_ok=True)
     labels = _labels(ascent)
@@ -187,5 +188,5 @@ def write_results(ascent: AscentResult, title: str, out: Path, resolved_config: 
     np.save(out / "images.npy", ascent.images)
     np.save(out / "filters.npy", np.asarray(ascent.filters))
     np.save(out / "losses.npy", ascent.losses)
-    np.save(out / "final_activations.npy", ascent.final_activations)
+    np.save(out / "final_activations.npy", figures.final_activation)
     (out / "config_resolved.yaml").write_text(resolved_config)

@@ -78,5 +78,5 @@ def measure(extractor: keras.Model, images: np.ndarray, filters: Sequence[int], 
     final, robust = np.concatenate(plain), np.concatenate(viewed)
     with np.errstate(divide="ignore", invalid="ignore"):
         robustness = np.where(final > 0, robust / final, np.nan)
-    dead = (final <= 0) & (losses.max(axis=1) <= 0)
+    dead = (final <= 0) & (losses.max(axis=1) <= 0)  # never fired, and the image is still silent
     return Quality(final, robustness, hf_fraction(images), dead)
