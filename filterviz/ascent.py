@@ -55,11 +55,8 @@ def dead_images(result: AscentResult) -> np.ndarray:
 
 def retry_dead(extractor: keras.Model, result: AscentResult, attempts: int, *, recipe: Recipe, seed: int,
                **kwargs) -> AscentResult:
-    """Run dead filters again from new random starts (a flat start would only repeat itself)."""
-    param = recipe.param
-    if isinstance(param, Pixel) and param.noise == 0:
-        param = Pixel(param.init_value, noise=0.1)
-    retry_recipe = Recipe(**{**recipe.__dict__, "param": param})
+    """Run dead filters again from new, livelier random starts (the same start would only repeat)."""
+    retry_recipe = Recipe(**{**recipe.__dict__, "param": recipe.param.livelier()})
     for attempt in range(1, attempts + 1):
         dead = sorted({f for f, d in zip(result.filters, dead_images(result)) if d})
         if not dead:

@@ -42,7 +42,7 @@ def save_grid(images: np.ndarray, filters: Sequence, title: str, path: Path) -> 
     cols = math.ceil(math.sqrt(n))
     rows = math.ceil(n / cols)
     tile = min(1.6, 24 / cols)  # inches per image: readable for a few, bounded for hundreds
-    fig, ax = plt.subplots(figsize=(cols * tile, rows * tile + 0.5))
+    fig, ax = plt.subplots(figsize=(max(cols * tile, 3.0), rows * tile + 0.5))  # room for the title
     grid = mosaic(images)
     ax.imshow(grid[..., 0] if grid.shape[-1] == 1 else grid, cmap="gray", vmin=0, vmax=1)
     for k, f in enumerate(filters):

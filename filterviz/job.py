@@ -15,7 +15,7 @@ import tensorflow as tf
 from omegaconf import DictConfig, OmegaConf
 
 from filterviz import images, models, objectives, quality, tracking
-from filterviz.ascent import AscentResult, Recipe, retry_dead, visualize_filters
+from filterviz.ascent import AscentResult, Recipe, dead_images, retry_dead, visualize_filters
 from filterviz.optimizers import make_optimizer
 from filterviz.params import make_param
 from filterviz.transforms import Transforms
@@ -152,8 +152,12 @@ def _ascend_and_write(cfg: DictConfig, cut: models.LayerCut, recipe: Recipe, fil
         ascent = visualize_filters(cut.extractor, filters, recipe=recipe, seed=cfg.seed, on_step=progress,
                                    gif_filter=(filters[0] if cfg.gif_filter is None else cfg.gif_filter)
                                    if cfg.save_gif else None, **schedule)
-        if cfg.retry_dead:
-            ascent = retry_dead(cut.extractor, ascent, cfg.retry_dead, recipe=recipe, seed=cfg.seed, **schedule)
+        dead = sorted({f for f, d in zip(ascent.filters, dead_images(ascent)) if d})
+        if cfg.retry_dead and dead:
+            print(f"filter(s) {', '.join(map(str, dead))} never fired: retrying from a livelier random start "
+                  f"(retry_dead={cfg.retry_dead})")
+            ascent = retry_dead(cut.extractor, ascent, cfg.retry_dead, recipe=recipe, seed=cfg.seed,
+                                on_step=progress, **schedule)
     finally:
         progress.close()
     seconds = time.perf_counter() - start

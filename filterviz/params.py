@@ -6,7 +6,7 @@ fourier  a spectrum scaled by 1/f^decay, inverse-FFT'd, colour-decorrelated and 
          into [0, 1] by a sigmoid or clipping (Olah et al., Distill 2017)
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 import numpy as np
@@ -37,6 +37,10 @@ class Pixel:
     def to_image(self, params: tf.Tensor) -> tf.Tensor:
         return params
 
+    def livelier(self) -> "Pixel":
+        """A noisier start, for filters a flat image gives nothing to climb."""
+        return replace(self, noise=max(0.1, 2 * self.noise))
+
 
 @dataclass
 class Fourier:
@@ -53,6 +57,10 @@ class Fourier:
         self._scale = tf.constant(size / np.maximum(freqs, 1.0 / size) ** self.decay, tf.complex64)
         # real and imaginary parts of (channels, size, size//2+1) per image
         return per_image_normal(seeds, (2, channels, size, size // 2 + 1), self.std)
+
+    def livelier(self) -> "Fourier":
+        """A stronger random spectrum, for filters a near-grey image gives nothing to climb."""
+        return replace(self, std=max(0.5, 2 * self.std))
 
     def to_image(self, params: tf.Tensor) -> tf.Tensor:
         spectrum = tf.complex(params[:, 0], params[:, 1]) * self._scale

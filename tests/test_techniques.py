@@ -159,6 +159,17 @@ def test_known_dead_filter_is_flagged_and_retry_revives_a_flat_start_casualty(vg
     np.testing.assert_array_equal(revived.images[1], alive)  # live filters are left alone
 
 
+def test_retry_revives_a_filter_the_near_grey_fourier_start_misses(vgg16):
+    block2 = cut_at(vgg16, "block2_conv1").extractor
+    recipe = Recipe(**LUCID, preprocess=preprocessor("vgg16"))
+    kwargs = dict(iters=25, step_size=0.05, input_size=96, layer="block2_conv1")
+    first = visualize_filters(block2, [0], recipe=recipe, **kwargs)
+    assert dead_images(first).tolist() == [True]
+    revived = retry_dead(block2, first, 2, recipe=recipe, seed=0, **kwargs)
+    assert dead_images(revived).tolist() == [False]
+    assert revived.losses[0, -1] > 0
+
+
 @needs_weights
 def test_presets_compose_and_the_gif_is_written(tmp_path):
     from filterviz import job
