@@ -34,6 +34,8 @@ def unknown_group_choice(overrides: List[str]) -> Optional[str]:
             continue  # not a group of ours, or a sweep function Hydra will expand
         options = sorted(p.name[: -len(".yaml")] for g in groups for p in g.iterdir() if p.name.endswith(".yaml"))
         for choice in value.split(","):
+            if choice == "null":  # Hydra 1.3 fails on it with a traceback
+                return f"{key}=null is not an option: to drop the default {key}, write ~{key}"
             if choice not in options:
                 return f"unknown {key} {choice!r}: use one of {', '.join(options)}"
     return None

@@ -74,3 +74,15 @@ def test_a_run_that_breaks_ends_failed_with_the_error_recorded(tmp_path, monkeyp
     [run] = client.search_runs([client.get_experiment_by_name("filterviz").experiment_id])
     assert run.info.status == "FAILED"
     assert run.data.tags["error"] == "RuntimeError: out of memory, say"
+
+
+def test_group_choices_are_checked_in_one_line_before_hydra():
+    from filterviz.__main__ import unknown_group_choice
+
+    assert unknown_group_choice(["model=resnet", "iters=3"]) == \
+        "unknown model 'resnet': use one of file, resnet50, vgg16, vgg19"
+    assert unknown_group_choice(["experiment=lucid,nope"]).startswith("unknown experiment 'nope': use one of best,")
+    assert unknown_group_choice(["experiment=null"]) == \
+        "experiment=null is not an option: to drop the default experiment, write ~experiment"
+    assert unknown_group_choice(["~experiment", "param=fourier", "model=choice(vgg16,vgg19)"]) is None
+    assert unknown_group_choice(["layer=block1_conv1", "hydra/launcher=joblib"]) is None
