@@ -51,7 +51,7 @@ def main() -> None:
 
 @hydra.main(version_base="1.3", config_path="pkg://filterviz.conf", config_name="config")
 def hydra_main(cfg: DictConfig) -> float:
-    """One job; returns the mean final activation, which the Optuna sweeper maximises."""
+    """One job; returns the mean final activation of its live filters, which an Optuna sweeper maximises."""
     import_tensorflow_quietly()  # here, after Hydra has parsed the command line
     from filterviz import job, sweep
 
@@ -82,7 +82,7 @@ def hydra_main(cfg: DictConfig) -> float:
     if result.run_id:
         print(f"MLflow run: {result.run_id}  (artifacts: {result.artifact_uri})")
         print(f"see it:     {result.ui_command}")
-    return result.final_activation
+    return result.quality["quality/final_activation"]
 
 
 if __name__ == "__main__":

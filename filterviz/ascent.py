@@ -53,19 +53,24 @@ def dead_images(result: AscentResult) -> np.ndarray:
     return result.losses.max(axis=1) <= 0
 
 
+def dead_filters(filters: Sequence[int], dead: np.ndarray) -> List[int]:
+    return sorted({f for f, d in zip(filters, dead) if d})
+
+
 def retry_dead(extractor: keras.Model, result: AscentResult, attempts: int, *, recipe: Recipe, seed: int,
                **kwargs) -> AscentResult:
     """Run dead filters again from new, livelier random starts (the same start would only repeat)."""
     retry_recipe = Recipe(**{**recipe.__dict__, "param": recipe.param.livelier()})
+    k = result.copies
     for attempt in range(1, attempts + 1):
-        dead = sorted({f for f, d in zip(result.filters, dead_images(result)) if d})
+        dead = dead_filters(result.filters, dead_images(result))
         if not dead:
             break
         again = visualize_filters(extractor, dead, recipe=retry_recipe, seed=seed + 7919 * attempt, **kwargs)
-        rows = {f: i for i, f in enumerate(again.filters) if again.filters.index(f) == i}
+        row = {(f, j % k): j for j, f in enumerate(again.filters)}  # copies of a filter are consecutive
         for i, f in enumerate(result.filters):
-            if f in rows:
-                j = rows[f] + (i - result.filters.index(f))  # the same copy of that filter
+            j = row.get((f, i % k))
+            if j is not None:
                 result.images[i], result.losses[i] = again.images[j], again.losses[j]
     return result
 

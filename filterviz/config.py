@@ -53,7 +53,8 @@ class FourierConfig:
     std: float = 0.01
 
 
-# group `transforms` (filterviz/transforms.py)
+# group `transforms`: mirrors transforms.Transforms, which cannot be the schema itself
+# because importing it loads TensorFlow before Hydra has even parsed the command line
 @dataclass
 class TransformsConfig:
     pad: int = 0

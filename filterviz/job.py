@@ -15,7 +15,7 @@ import tensorflow as tf
 from omegaconf import DictConfig, OmegaConf
 
 from filterviz import images, models, objectives, quality, tracking
-from filterviz.ascent import AscentResult, Recipe, dead_images, retry_dead, visualize_filters
+from filterviz.ascent import AscentResult, Recipe, dead_filters, dead_images, retry_dead, visualize_filters
 from filterviz.optimizers import make_optimizer
 from filterviz.params import make_param
 from filterviz.transforms import Transforms
@@ -27,7 +27,6 @@ from filterviz.filters import parse_filters
 @dataclass
 class JobResult:
     results_dir: Path  # the files of this run, on local disk
-    final_activation: float  # mean over filters: what a sweeper maximises
     quality: Dict[str, float] = field(default_factory=dict)  # run-level quality figures, seconds
     run_id: Optional[str] = None
     artifact_uri: Optional[str] = None
@@ -67,7 +66,7 @@ def run(cfg: DictConfig, output_dir: Path, run_name: Optional[str] = None, comma
     results_dir = output_dir / "results"
     if tracker is None:
         outcome = _ascend_and_write(cfg, cut, recipe, filters, title, results_dir)
-        return JobResult(results_dir, outcome.objective, outcome.figures())
+        return JobResult(results_dir, outcome.figures())
 
     params = tracking.flatten(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
     tags = {**tracking.provenance_tags(command), "filterviz.filters": ",".join(map(str, filters)),
@@ -85,8 +84,7 @@ def run(cfg: DictConfig, output_dir: Path, run_name: Optional[str] = None, comma
         hydra_dir = output_dir / ".hydra"
         if hydra_dir.is_dir():
             tracker.log_artifacts(run_id, hydra_dir, ".hydra")
-    return JobResult(results_dir, outcome.objective, outcome.figures(), run_id, tracker.artifact_uri(run_id),
-                     tracker.store.ui_command())
+    return JobResult(results_dir, outcome.figures(), run_id, tracker.artifact_uri(run_id), tracker.store.ui_command())
 
 
 def make_recipe(cfg: DictConfig, cut: models.LayerCut) -> Recipe:
@@ -133,11 +131,6 @@ class Outcome:
     quality: quality.Quality
     seconds: float
 
-    @property
-    def objective(self) -> float:
-        """Mean final activation over the live filters: what a sweeper maximises."""
-        return self.quality.summary()["quality/final_activation"]
-
     def figures(self) -> Dict[str, float]:
         return {**self.quality.summary(), "seconds": self.seconds}
 
@@ -152,7 +145,7 @@ def _ascend_and_write(cfg: DictConfig, cut: models.LayerCut, recipe: Recipe, fil
         ascent = visualize_filters(cut.extractor, filters, recipe=recipe, seed=cfg.seed, on_step=progress,
                                    gif_filter=(filters[0] if cfg.gif_filter is None else cfg.gif_filter)
                                    if cfg.save_gif else None, **schedule)
-        dead = sorted({f for f, d in zip(ascent.filters, dead_images(ascent)) if d})
+        dead = dead_filters(ascent.filters, dead_images(ascent))
         if cfg.retry_dead and dead:
             print(f"filter(s) {', '.join(map(str, dead))} never fired: retrying from a livelier random start "
                   f"(retry_dead={cfg.retry_dead})")
@@ -163,7 +156,7 @@ def _ascend_and_write(cfg: DictConfig, cut: models.LayerCut, recipe: Recipe, fil
     seconds = time.perf_counter() - start
     figures = quality.measure(cut.extractor, ascent.images, ascent.filters, ascent.losses, recipe.preprocess)
     if figures.dead.any():
-        dead = sorted({f for f, d in zip(ascent.filters, figures.dead) if d})
+        dead = dead_filters(ascent.filters, figures.dead)
         print(f"dead filter(s), never fired: {', '.join(map(str, dead))}"
               + ("" if cfg.retry_dead else " (retry_dead=2 tries new random starts)"))
     write_results(ascent, figures, title, results_dir, OmegaConf.to_yaml(cfg, resolve=True))
