@@ -20,9 +20,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import tensorflow as tf  # noqa: E402
 
-from filterviz.ascent import visualize_filters  # noqa: E402
-from filterviz.models import cut_at, load_model  # noqa: E402
-from filterviz.notebook import notebook_visualize_filter  # noqa: E402
+from filterviz.core.ascent import visualize_filters  # noqa: E402
+from filterviz.core.models import cut_at, load_model  # noqa: E402
+from filterviz.core.notebook import notebook_visualize_filter  # noqa: E402
 
 
 def main() -> None:

@@ -26,7 +26,7 @@ from hydra import compose, initialize_config_module  # noqa: E402
 
 from filterviz import job  # noqa: E402
 from filterviz.config import register_configs  # noqa: E402
-from filterviz.images import to_display  # noqa: E402
+from filterviz.recording.images import to_display  # noqa: E402
 
 PRESETS = ["seed", "keras_example", "lucid", "best"]
 LAYERS = ["block1_conv2", "block3_conv1", "block5_conv1"]

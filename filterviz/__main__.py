@@ -53,7 +53,8 @@ def main() -> None:
 def hydra_main(cfg: DictConfig) -> float:
     """One job; returns the mean final activation of its live filters, which an Optuna sweeper maximises."""
     import_tensorflow_quietly()  # here, after Hydra has parsed the command line
-    from filterviz import job, sweep
+    from filterviz import job
+    from filterviz.recording import sweep
 
     hydra_cfg = HydraConfig.get()
     output_dir = Path(hydra_cfg.runtime.output_dir)

@@ -24,9 +24,9 @@ from mlflow.exceptions import MlflowException  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID  # noqa: E402
 
-from filterviz import tracking  # noqa: E402
+from filterviz.recording import tracking  # noqa: E402
 from filterviz.errors import ConfigError, first_line  # noqa: E402
-from filterviz.images import to_display  # noqa: E402
+from filterviz.recording.images import to_display  # noqa: E402
 
 MAX_RUNS = 30
 # Params that differ between runs without changing the picture.

@@ -14,14 +14,15 @@ import numpy as np
 import tensorflow as tf
 from omegaconf import DictConfig, OmegaConf
 
-from filterviz import images, models, objectives, quality, tracking
-from filterviz.ascent import AscentResult, Recipe, dead_filters, dead_images, retry_dead, visualize_filters
-from filterviz.optimizers import make_optimizer
-from filterviz.params import make_param
-from filterviz.transforms import Transforms
+from filterviz.core import models, objectives, quality
+from filterviz.recording import images, tracking
+from filterviz.core.ascent import AscentResult, Recipe, dead_filters, dead_images, retry_dead, visualize_filters
+from filterviz.core.optimizers import make_optimizer
+from filterviz.core.params import make_param
+from filterviz.core.transforms import Transforms
 from filterviz.console import Progress
 from filterviz.errors import ConfigError
-from filterviz.filters import parse_filters
+from filterviz.core.filters import parse_filters
 
 
 @dataclass
@@ -69,7 +70,7 @@ def run(cfg: DictConfig, output_dir: Path, run_name: Optional[str] = None, comma
         return JobResult(results_dir, outcome.figures())
 
     params = tracking.flatten(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
-    tags = {**tracking.provenance_tags(command), "filterviz.filters": ",".join(map(str, filters)),
+    tags = {**tracking.provenance_tags(command), "filterviz.core.filters": ",".join(map(str, filters)),
             **cfg.tracking.tags}
     with tracker.run(run_name or f"{cfg.model.name}-{cut.layer}", params, tags, parent_run_id) as run_id:
         outcome = _ascend_and_write(cfg, cut, recipe, filters, title, results_dir)

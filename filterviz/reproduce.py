@@ -16,7 +16,7 @@ from typing import List
 import numpy as np
 from omegaconf import OmegaConf
 
-from filterviz import tracking
+from filterviz.recording import tracking
 from filterviz.errors import ConfigError
 
 # Where the new run goes is reproduce's choice, not the old run's.

@@ -17,7 +17,7 @@ needs_weights = pytest.mark.skipif(
 def vgg16():
     if not WEIGHTS.is_file():
         pytest.skip(f"ImageNet VGG16 weights not found at {WEIGHTS}")
-    from filterviz.models import load_model
+    from filterviz.core.models import load_model
 
     return load_model("vgg16", str(WEIGHTS))
 

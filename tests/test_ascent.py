@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 
 from conftest import WEIGHTS, needs_weights
-from filterviz.ascent import chunks, visualize_filters
-from filterviz.models import cut_at, load_model
-from filterviz.notebook import notebook_visualize_filter
+from filterviz.core.ascent import chunks, visualize_filters
+from filterviz.core.models import cut_at, load_model
+from filterviz.core.notebook import notebook_visualize_filter
 
 
 @pytest.fixture(scope="module")

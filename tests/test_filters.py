@@ -1,7 +1,7 @@
 import pytest
 
 from filterviz.errors import ConfigError
-from filterviz.filters import parse_filters
+from filterviz.core.filters import parse_filters
 
 
 @pytest.mark.parametrize("spec, expected", [

@@ -2,9 +2,9 @@ import keras
 import numpy as np
 import pytest
 
-from filterviz.ascent import visualize_filters
+from filterviz.core.ascent import visualize_filters
 from filterviz.errors import ConfigError
-from filterviz.models import check_input_size, conv_layer_names, cut_at, load_model
+from filterviz.core.models import check_input_size, conv_layer_names, cut_at, load_model
 
 
 def test_cut_reports_the_layer_and_its_filters(vgg16):

@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from conftest import WEIGHTS, needs_weights, run_cli
 from filterviz.compare import differing_settings
 from filterviz.reproduce import changed_versions, replayed_overrides
-from filterviz.sweep import run_name, swept
+from filterviz.recording.sweep import run_name, swept
 
 SMALL = ["layer=block1_conv1", "iters=3", "input_size=16", f"model.weights={WEIGHTS}"]
 
@@ -20,7 +20,7 @@ def runs_of(store_dir):
     client = MlflowClient(tracking_uri=f"sqlite:///{store_dir / 'mlruns' / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("filterviz")
     runs = client.search_runs([experiment.experiment_id])
-    parents = [r for r in runs if r.data.tags.get("filterviz.sweep") == "parent"]
+    parents = [r for r in runs if r.data.tags.get("filterviz.recording.sweep") == "parent"]
     children = [r for r in runs if r not in parents]
     return client, parents, children
 

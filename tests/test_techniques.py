@@ -6,15 +6,15 @@ import tensorflow as tf
 from hydra import compose, initialize_config_module
 
 from conftest import WEIGHTS, needs_weights
-from filterviz import objectives
-from filterviz.ascent import Recipe, dead_images, retry_dead, visualize_filters
+from filterviz.core import objectives
+from filterviz.core.ascent import Recipe, dead_images, retry_dead, visualize_filters
 from filterviz.config import register_configs
 from filterviz.errors import ConfigError
-from filterviz.models import cut_at, preprocessor
-from filterviz.optimizers import Adam
-from filterviz.params import Fourier
-from filterviz.quality import hf_fraction, measure
-from filterviz.transforms import Transforms, image_seeds
+from filterviz.core.models import cut_at, preprocessor
+from filterviz.core.optimizers import Adam
+from filterviz.core.params import Fourier
+from filterviz.core.quality import hf_fraction, measure
+from filterviz.core.transforms import Transforms, image_seeds
 
 LUCID = dict(param=Fourier(), transforms=Transforms(pad=12, jitter=8, scale=[0.9, 1.1], rotate=10.0,
                                                      jitter_after=4), optimizer=Adam())

@@ -1,6 +1,6 @@
 from pathlib import Path
 
-from filterviz.tracking import flatten, resolve_store
+from filterviz.recording.tracking import flatten, resolve_store
 
 
 def test_default_store_is_absolute_sqlite_under_mlruns(tmp_path, monkeypatch):

@@ -16,7 +16,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from filterviz.transforms import Transforms, image_seeds
+from filterviz.core.transforms import Transforms, image_seeds
 
 VIEWS = 16
 ROBUSTNESS_VIEWS = Transforms(jitter=8, scale=[0.9, 1.1], rotate=10.0)

@@ -19,7 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from filterviz.errors import ConfigError
-from filterviz.transforms import gaussian_blur
+from filterviz.core.transforms import gaussian_blur
 
 
 @dataclass

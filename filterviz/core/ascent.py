@@ -15,10 +15,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from filterviz import objectives
-from filterviz.optimizers import L2Step
-from filterviz.params import Pixel
-from filterviz.transforms import Transforms, image_seeds
+from filterviz.core import objectives
+from filterviz.core.optimizers import L2Step
+from filterviz.core.params import Pixel
+from filterviz.core.transforms import Transforms, image_seeds
 
 # Called after every step with (chunk's filters, iteration, per-image objective as a tensor).
 StepCallback = Callable[[Sequence[int], int, tf.Tensor], None]

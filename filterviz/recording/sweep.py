@@ -69,7 +69,7 @@ class MlflowSweepCallback(Callback):
         sweep_dir.mkdir(parents=True, exist_ok=True)
         if not config.tracking.enabled:
             return
-        from filterviz import tracking  # MLflow only when tracking
+        from filterviz.recording import tracking  # MLflow only when tracking
         from filterviz.console import import_tensorflow_quietly
 
         import_tensorflow_quietly()  # provenance_tags reads its version
@@ -90,7 +90,7 @@ class MlflowSweepCallback(Callback):
         failures = sorted(sweep_dir.glob(f"*/{ERROR_FILE}"), key=lambda p: _job_order(p.parent.name))
         record = read_record(sweep_dir)
         if record is not None:
-            from filterviz import tracking
+            from filterviz.recording import tracking
 
             tracker = tracking.Tracker(tracking.Store(record.uri, None), record.experiment)
             multirun_yaml = sweep_dir / "multirun.yaml"
