@@ -58,8 +58,8 @@ def main() -> None:
         for preset in presets:
             for layer in layers:
                 # The ascent's own seconds (no model loading); the difference cancels tracing.
-                short = run(preset, layer, 5, args, Path(tmp) / "calibrate").quality["seconds"]
-                long = run(preset, layer, 25, args, Path(tmp) / "calibrate").quality["seconds"]
+                short = run(preset, layer, 5, args, Path(tmp) / "calibrate").figures["seconds"]
+                long = run(preset, layer, 25, args, Path(tmp) / "calibrate").figures["seconds"]
                 per_iter = max((long - short) / 20, 1e-4)
                 iters = max(10, int((args.budget - short) / per_iter))
                 result = run(preset, layer, iters, args, Path(tmp) / f"{preset}-{layer}")

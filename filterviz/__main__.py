@@ -51,16 +51,16 @@ def main() -> None:
 
 @hydra.main(version_base="1.3", config_path="pkg://filterviz.conf", config_name="config")
 def hydra_main(cfg: DictConfig) -> float:
-    """One job; returns the mean final activation of its live filters, which an Optuna sweeper maximises."""
+    """One job; returns its figure named by `optimized_metric`, which an Optuna sweeper maximises."""
     import_tensorflow_quietly()  # here, after Hydra has parsed the command line
     from filterviz import job
-    from filterviz.recording import sweep
+    from filterviz.recording import settings, sweep
 
     hydra_cfg = HydraConfig.get()
     output_dir = Path(hydra_cfg.runtime.output_dir)
     overrides = list(hydra_cfg.overrides.task)
     record = sweep.read_record(Path(hydra_cfg.sweep.dir)) if hydra_cfg.mode == RunMode.MULTIRUN else None
-    run_name = (record and record.child_name(overrides)) or sweep.run_name(overrides)
+    run_name = (record and record.child_name(overrides)) or settings.run_name(overrides)
     command = shlex.join(["python", "-m", "filterviz", *overrides]) if record else \
         shlex.join(["python", "-m", "filterviz", *sys.argv[1:]])
     try:
@@ -83,7 +83,7 @@ def hydra_main(cfg: DictConfig) -> float:
     if result.run_id:
         print(f"MLflow run: {result.run_id}  (artifacts: {result.artifact_uri})")
         print(f"see it:     {result.ui_command}")
-    return result.quality["quality/final_activation"]
+    return result.figures[cfg.optimized_metric]
 
 
 if __name__ == "__main__":

@@ -25,17 +25,16 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID  # noqa: E402
 
 from filterviz.recording import tracking  # noqa: E402
+from filterviz.recording.settings import is_setting  # noqa: E402
 from filterviz.errors import ConfigError, first_line  # noqa: E402
 from filterviz.recording.images import to_display  # noqa: E402
 
 MAX_RUNS = 30
-# Params that differ between runs without changing the picture.
-NOT_SETTINGS = ("tracking.", "model.path", "model.weights")
 
 
 def differing_settings(runs: List[Run]) -> List[str]:
-    """Param keys whose values are not the same in every run."""
-    keys = sorted({k for r in runs for k in r.data.params if not k.startswith(NOT_SETTINGS)})
+    """Settings whose values are not the same in every run."""
+    keys = sorted({k for r in runs for k in r.data.params if is_setting(k)})
     return [k for k in keys if len({r.data.params.get(k) for r in runs}) > 1]
 
 

@@ -1,12 +1,15 @@
 """Typed schema of the Hydra config, registered in the ConfigStore.
 
-A wrong type in an override (``iters=abc``) fails in Hydra with its own message;
-range checks that types cannot express live in :mod:`filterviz.job`.
+A wrong type in an override (``iters=abc``) fails in Hydra with its own message. The
+technique groups (`param`, `transforms`, `objective`, `optimizer`) name the class they build
+with `_target_`; their values are typed against that class when the job builds it
+(`job.build`), so the schema does not repeat them. Values live in conf/config.yaml and the
+group files, not here; range checks that types cannot express live in :mod:`filterviz.job`.
 """
 
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
@@ -14,7 +17,7 @@ from omegaconf import MISSING
 
 class Precision(Enum):
     # float32: bit-identical to the notebooks. bfloat16: Keras mixed precision (weights and
-    # image stay float32), about 2x faster where the CPU or GPU computes in bfloat16.
+    # image stay float32), faster only where the CPU or GPU computes in bfloat16.
     float32 = "float32"
     bfloat16 = "bfloat16"
 
@@ -29,74 +32,6 @@ class ModelConfig:
     path: Optional[str] = None
     # the layer used when `layer` is not given
     default_layer: Optional[str] = None
-
-
-class Squash(Enum):
-    sigmoid = "sigmoid"
-    clip = "clip"
-
-
-# group `param` (filterviz/params.py)
-@dataclass
-class PixelConfig:
-    name: str = "pixel"
-    init_value: float = 0.5
-    noise: float = 0.0
-
-
-@dataclass
-class FourierConfig:
-    name: str = "fourier"
-    decay: float = 1.0
-    decorrelate: bool = True
-    squash: Squash = Squash.sigmoid
-    std: float = 0.01
-
-
-# group `transforms`: mirrors transforms.Transforms, which cannot be the schema itself
-# because importing it loads TensorFlow before Hydra has even parsed the command line
-@dataclass
-class TransformsConfig:
-    pad: int = 0
-    pad_value: float = 0.5
-    jitter: int = 0
-    scale: Optional[List[float]] = None
-    rotate: float = 0.0
-    jitter_after: int = 0
-    blur: float = 0.0
-
-
-# group `objective` (filterviz/objectives.py)
-@dataclass
-class ObjectiveConfig:
-    # a weighted sum of terms: channel, neuron, layer, direction, diversity, l1, l2, tv, blur
-    expr: str = "channel"
-    copies: int = 1  # images per filter; diversity needs 2 or more
-    border: int = 0  # activation-map pixels left out at each edge
-    direction: Optional[List[float]] = None  # for `direction`; null: a seeded random vector
-
-
-@dataclass
-class RegularizersConfig:
-    # weights of penalties subtracted from the objective
-    l1: float = 0.0
-    l2: float = 0.0
-    tv: float = 0.0
-    blur: float = 0.0
-
-
-# group `optimizer` (filterviz/optimizers.py)
-@dataclass
-class L2StepConfig:
-    name: str = "l2_step"
-
-
-@dataclass
-class AdamConfig:
-    name: str = "adam"
-    beta1: float = 0.9
-    beta2: float = 0.999
-    epsilon: float = 1e-8
 
 
 @dataclass
@@ -114,29 +49,23 @@ class FilterVizConfig:
     model: ModelConfig = MISSING
     tracking: TrackingConfig = MISSING
     param: Any = MISSING
-    transforms: TransformsConfig = MISSING
-    objective: ObjectiveConfig = MISSING
+    transforms: Any = MISSING
+    objective: Any = MISSING
     optimizer: Any = MISSING
-    regularizers: RegularizersConfig = field(default_factory=RegularizersConfig)
-    layer: Optional[str] = "${model.default_layer}"
-    # an index, a list [0,5,9], a range "0:16", "random", "random:N" or "all"
-    filters: Any = 0
-    iters: int = 100
-    step_size: float = 10.0
-    input_size: int = 96
-    # filters optimised together in one batch; more filters are run in chunks
-    batch_size: int = 16
-    seed: int = 0
-    # feed the model its own preprocessing of the [0, 1] image (VGG/ResNet: BGR, mean-subtracted)
-    preprocess: bool = True
-    # filters that never fire are retried this many times from a new random start
-    retry_dead: int = 0
-    # save an animated GIF of the ascent of one filter (gif_filter; null: the first)
-    save_gif: bool = False
-    gif_filter: Optional[int] = None
-    precision: Precision = Precision.float32
-    # bit-identical reruns (TensorFlow op determinism)
-    deterministic: bool = True
+    layer: Optional[str] = MISSING
+    filters: Any = MISSING  # an index, a list [0,5,9], a range "0:16", "random", "random:N" or "all"
+    iters: int = MISSING
+    step_size: float = MISSING
+    input_size: int = MISSING
+    batch_size: int = MISSING
+    seed: int = MISSING
+    preprocess: bool = MISSING
+    retry_dead: int = MISSING
+    save_gif: bool = MISSING
+    gif_filter: Optional[int] = MISSING
+    precision: Precision = MISSING
+    deterministic: bool = MISSING
+    optimized_metric: str = MISSING
 
 
 def register_configs() -> None:
@@ -144,9 +73,3 @@ def register_configs() -> None:
     cs.store(name="filterviz_schema", node=FilterVizConfig)
     cs.store(group="model", name="model_schema", node=ModelConfig)
     cs.store(group="tracking", name="tracking_schema", node=TrackingConfig)
-    cs.store(group="param", name="pixel_schema", node=PixelConfig)
-    cs.store(group="param", name="fourier_schema", node=FourierConfig)
-    cs.store(group="transforms", name="transforms_schema", node=TransformsConfig)
-    cs.store(group="objective", name="objective_schema", node=ObjectiveConfig)
-    cs.store(group="optimizer", name="l2_step_schema", node=L2StepConfig)
-    cs.store(group="optimizer", name="adam_schema", node=AdamConfig)

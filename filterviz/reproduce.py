@@ -18,13 +18,11 @@ from omegaconf import OmegaConf
 
 from filterviz.recording import tracking
 from filterviz.errors import ConfigError
-
-# Where the new run goes is reproduce's choice, not the old run's.
-NOT_REPLAYED = ("tracking.uri=", "tracking.experiment=", "tracking.tags.reproduces=")
-
+from filterviz.recording.settings import is_setting, override_key
 
 def replayed_overrides(logged: List[str]) -> List[str]:
-    return [o for o in logged if not o.lstrip("+~").startswith(NOT_REPLAYED)]
+    """The settings among a run's overrides: where the new run is recorded is reproduce's choice."""
+    return [o for o in logged if is_setting(override_key(o))]
 
 
 def changed_versions(logged_tags: dict, now: dict) -> List[str]:

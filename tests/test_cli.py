@@ -44,8 +44,9 @@ def test_params_are_the_flattened_config_and_tags_say_what_made_the_run(recorded
     for key in ["git.commit", "git.dirty", "versions.tensorflow", "versions.keras", "versions.mlflow"]:
         assert tags[key]
     assert tags["command"].startswith("python -m filterviz layer=block2_conv1")
-    assert tags["filterviz.core.filters"] == "1,2,3"
-    assert tags["mlflow.runName"] == "filters=[1,2,3],input_size=48,iters=12,layer=block2_conv1"
+    assert tags["filterviz.filters"] == "1,2,3"
+    assert tags["mlflow.runName"] == \
+        "filters=[1,2,3],input_size=48,iters=12,layer=block2_conv1,model.weights=vgg16_imagenet_notop.weights.h5"
 
 
 def test_every_artifact_is_in_the_store(recorded, tmp_path):

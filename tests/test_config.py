@@ -1,4 +1,4 @@
-"""The config tree composes as documented, and a broken run ends FAILED in the store."""
+"""The config tree composes as documented, each group builds its class, and a broken run ends FAILED."""
 
 import pytest
 from hydra import compose, initialize_config_module
@@ -25,14 +25,15 @@ def test_the_default_is_the_best_preset_and_the_seed_preset_is_the_notebooks():
     best = make_cfg("experiment=best")
     assert cfg == best
     seed = make_cfg("experiment=seed")
-    assert (seed.param.name, seed.transforms.pad, seed.objective.expr, seed.optimizer.name) == (
-        "pixel", 0, "channel", "l2_step")
+    assert (seed.param._target_, seed.transforms.pad, seed.objective.expr, seed.optimizer._target_) == (
+        "filterviz.core.params.Pixel", 0, "channel", "filterviz.core.optimizers.L2Step")
     assert (seed.step_size, seed.preprocess, seed.param.init_value) == (10.0, False, 0.5)
 
 
 def test_command_line_groups_win_over_the_preset():
     cfg = make_cfg("optimizer=l2_step", "step_size=3")
-    assert (cfg.optimizer.name, cfg.step_size, cfg.param.name) == ("l2_step", 3.0, "fourier")
+    assert (cfg.optimizer._target_, cfg.step_size, cfg.param._target_) == (
+        "filterviz.core.optimizers.L2Step", 3.0, "filterviz.core.params.Fourier")
 
 
 @pytest.mark.parametrize("model", ["vgg16", "vgg19", "resnet50", "file"])
@@ -67,7 +68,7 @@ def test_a_run_that_breaks_ends_failed_with_the_error_recorded(tmp_path, monkeyp
     def broken(*args, **kwargs):
         raise RuntimeError("out of memory, say")
 
-    monkeypatch.setattr(job, "visualize_filters", broken)
+    monkeypatch.setattr(job, "ascend", broken)
     with pytest.raises(RuntimeError):
         job.run(cfg, tmp_path / "out", run_name="broken")
     client = MlflowClient(tracking_uri=cfg.tracking.uri)
@@ -86,3 +87,31 @@ def test_group_choices_are_checked_in_one_line_before_hydra():
         "experiment=null is not an option: to drop the default experiment, write ~experiment"
     assert unknown_group_choice(["~experiment", "param=fourier", "model=choice(vgg16,vgg19)"]) is None
     assert unknown_group_choice(["layer=block1_conv1", "hydra/launcher=joblib"]) is None
+
+
+@pytest.mark.parametrize("group, option, cls", [
+    ("param", "pixel", "Pixel"), ("param", "fourier", "Fourier"), ("transforms", "standard", "Transforms"),
+    ("objective", "diversity", "Objective"), ("optimizer", "l2_step", "L2Step"), ("optimizer", "adam", "Adam")])
+def test_each_technique_option_builds_the_class_it_names(group, option, cls):
+    from filterviz import job
+
+    built = job.build(make_cfg(f"{group}={option}"), group)
+    built = built(learning_rate=0.1) if group == "optimizer" else built
+    assert type(built).__name__ == cls
+
+
+@pytest.mark.parametrize("override, says", [
+    ("param.decay=fast", "param.decay: Value 'fast' of type 'str' could not be converted to Float"),
+    ("transforms.scale=[a,b]", "transforms.scale[0]: Value 'a' of type 'str' could not be converted to Float"),
+    ("objective.copies=0", "objective.copies=0: at least 1 image per filter"),
+    ("optimizer.beta_1=high", "optimizer.beta_1='high': expected a float (default 0.9)"),
+])
+def test_a_wrong_technique_value_is_one_line_naming_the_key(override, says):
+    from filterviz import job
+    from filterviz.errors import ConfigError
+
+    group = override.split(".")[0]
+    with pytest.raises(ConfigError) as e:
+        built = job.build(make_cfg(override), group)
+        built(learning_rate=0.1)  # a Keras optimizer checks its values when made
+    assert says in str(e.value) and "\n" not in str(e.value)

@@ -11,7 +11,8 @@ from omegaconf import OmegaConf
 from conftest import WEIGHTS, needs_weights, run_cli
 from filterviz.compare import differing_settings
 from filterviz.reproduce import changed_versions, replayed_overrides
-from filterviz.recording.sweep import run_name, swept
+from filterviz.recording.settings import run_name
+from filterviz.recording.sweep import swept
 
 SMALL = ["layer=block1_conv1", "iters=3", "input_size=16", f"model.weights={WEIGHTS}"]
 
@@ -20,7 +21,7 @@ def runs_of(store_dir):
     client = MlflowClient(tracking_uri=f"sqlite:///{store_dir / 'mlruns' / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("filterviz")
     runs = client.search_runs([experiment.experiment_id])
-    parents = [r for r in runs if r.data.tags.get("filterviz.recording.sweep") == "parent"]
+    parents = [r for r in runs if r.data.tags.get("filterviz.sweep") == "parent"]
     children = [r for r in runs if r not in parents]
     return client, parents, children
 
@@ -28,9 +29,10 @@ def runs_of(store_dir):
 def test_sweep_names_come_from_the_swept_overrides():
     assert swept(["layer=block1_conv2,block3_conv1", "iters=100", "step_size=range(1,3)"]) == [
         "layer=block1_conv2,block3_conv1", "step_size=range(1,3)"]
-    job = ["layer=block3_conv1", "step_size=10", "iters=100", "model.weights=/w.h5", "tracking.uri=x"]
+    job = ["layer=block3_conv1", "step_size=10", "iters=100", "model.weights=/data/w.h5", "tracking.uri=x",
+           "hydra/launcher=joblib"]
     assert run_name(job, ["layer", "step_size"]) == "layer=block3_conv1,step_size=10"
-    assert run_name(job) == "iters=100,layer=block3_conv1,step_size=10"
+    assert run_name(job) == "iters=100,layer=block3_conv1,model.weights=w.h5,step_size=10"
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +108,11 @@ def test_reproduce_gives_the_identical_image_and_tags_the_new_run(parallel_sweep
     assert again.data.params["filters"] == "1" and again.data.params["step_size"] == "10.0"
 
 
-def test_reproduce_replays_settings_but_not_where_runs_are_stored():
+def test_names_comparisons_and_reproductions_share_one_meaning_of_setting():
+    from filterviz.recording.settings import is_setting
+
+    assert [is_setting(k) for k in ["model.weights", "layer", "param.decay", "tracking.uri", "hydra.run.dir",
+                                    "hydra/launcher", "+tracking.tags.note"]] == [True, True, True] + [False] * 4
     assert replayed_overrides(["layer=b", "tracking.uri=sqlite:///x", "+tracking.tags.reproduces=abc", "iters=3"]) \
         == ["layer=b", "iters=3"]
     assert changed_versions({"git.commit": "abc", "versions.keras": "3.1"},

@@ -77,8 +77,8 @@ def test_a_parallel_sweep_against_a_tracking_server_is_readable_through_rest(ser
     experiment_id = api(server, "experiments/get-by-name", experiment_name=experiment)["experiment"]["experiment_id"]
     runs = api(server, "runs/search", {"experiment_ids": [experiment_id]})["runs"]
     tags = [{t["key"]: t["value"] for t in r["data"].get("tags", [])} for r in runs]
-    [parent] = [r for r, t in zip(runs, tags) if t.get("filterviz.recording.sweep") == "parent"]
-    children = [(r, t) for r, t in zip(runs, tags) if t.get("filterviz.recording.sweep") != "parent"]
+    [parent] = [r for r, t in zip(runs, tags) if t.get("filterviz.sweep") == "parent"]
+    children = [(r, t) for r, t in zip(runs, tags) if t.get("filterviz.sweep") != "parent"]
     assert parent["info"]["status"] == "FINISHED"
     assert sorted(r["info"]["run_name"] for r, _ in children) == ["step_size=1", "step_size=10"]
     for run, tag in children:

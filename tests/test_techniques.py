@@ -1,5 +1,8 @@
-"""The techniques of issue 4: parameterizations, transforms, objectives, quality, presets."""
+"""The techniques: parameterizations, transforms, objectives, optimizers, quality, dead filters, presets."""
 
+from functools import partial
+
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -7,17 +10,17 @@ from hydra import compose, initialize_config_module
 
 from conftest import WEIGHTS, needs_weights
 from filterviz.core import objectives
-from filterviz.core.ascent import Recipe, dead_images, retry_dead, visualize_filters
+from filterviz.core.ascent import Recipe, retry_dead, visualize_filters
 from filterviz.config import register_configs
 from filterviz.errors import ConfigError
 from filterviz.core.models import cut_at, preprocessor
-from filterviz.core.optimizers import Adam
 from filterviz.core.params import Fourier
 from filterviz.core.quality import hf_fraction, measure
 from filterviz.core.transforms import Transforms, image_seeds
 
 LUCID = dict(param=Fourier(), transforms=Transforms(pad=12, jitter=8, scale=[0.9, 1.1], rotate=10.0,
-                                                     jitter_after=4), optimizer=Adam())
+                                                     jitter_after=4),
+             optimizer=partial(keras.optimizers.Adam, epsilon=1e-8))
 
 
 @pytest.mark.parametrize("options, grow", [
@@ -63,12 +66,11 @@ def _context(seed=0):
 def test_weights_apply_to_their_own_term_only():
     ctx = _context()
     channel, l2, tv = (objectives.TERMS[n](ctx).numpy() for n in ("channel", "l2", "tv"))
-    got = objectives.evaluate(objectives.parse("channel - 0.1 * l2 + 2 * tv"), ctx).numpy()
+    got = objectives.Objective("channel - 0.1 * l2 + 2 * tv")(ctx).numpy()
     np.testing.assert_allclose(got, channel - 0.1 * l2 + 2 * tv, rtol=1e-6)
     # xplique's bug multiplied earlier terms by later weights: the first term must stay at weight 1
-    got = objectives.evaluate(objectives.parse("channel + 5 * tv"), ctx).numpy()
+    got = objectives.Objective("channel + 5 * tv")(ctx).numpy()
     np.testing.assert_allclose(got, channel + 5 * tv, rtol=1e-6)
-    assert objectives.build("channel", {"l1": 0.5, "tv": 0.0}) == [(1.0, "channel"), (-0.5, "l1")]
 
 
 @pytest.mark.parametrize("expr, says", [
@@ -120,11 +122,11 @@ def _gram_similarity(extractor, images):
 
 
 def test_diversity_pushes_a_filters_images_apart(block3):
-    base = dict(**LUCID, preprocess=preprocessor("vgg16"), copies=2)
+    base = dict(**LUCID, preprocess=preprocessor("vgg16"))
     kwargs = dict(iters=40, step_size=0.05, input_size=48, seed=0, layer="block3_conv1")
-    plain = visualize_filters(block3, [5], recipe=Recipe(**base), **kwargs)
-    diverse = visualize_filters(block3, [5], recipe=Recipe(**base, objective=objectives.parse(
-        "channel + 1000 * diversity")), **kwargs)
+    plain = visualize_filters(block3, [5], recipe=Recipe(**base, objective=objectives.Objective(copies=2)), **kwargs)
+    diverse = visualize_filters(block3, [5], recipe=Recipe(**base, objective=objectives.Objective(
+        "channel + 1000 * diversity", copies=2)), **kwargs)
     assert plain.filters == diverse.filters == [5, 5]
     assert not np.allclose(diverse.images[0], diverse.images[1])
     prep = preprocessor("vgg16")
@@ -136,8 +138,8 @@ def test_lucid_pictures_are_more_robust_than_the_seeds(block3):
     seed = visualize_filters(block3, filters, iters=40, step_size=10.0, input_size=64)
     lucid_recipe = Recipe(**LUCID, preprocess=preprocessor("vgg16"))
     lucid = visualize_filters(block3, filters, iters=60, step_size=0.05, input_size=64, recipe=lucid_recipe)
-    seed_q = measure(block3, seed.images, seed.filters, seed.losses)
-    lucid_q = measure(block3, lucid.images, lucid.filters, lucid.losses, preprocessor("vgg16"))
+    seed_q = measure(block3, seed, Recipe())
+    lucid_q = measure(block3, lucid, lucid_recipe)
     assert np.nanmean(lucid_q.robustness) > np.nanmean(seed_q.robustness)
     assert lucid_q.hf_fraction.mean() < seed_q.hf_fraction.mean()
 
@@ -146,17 +148,17 @@ def test_lucid_pictures_are_more_robust_than_the_seeds(block3):
 def test_known_dead_filter_is_flagged_and_retry_revives_a_flat_start_casualty(vgg16):
     block5 = cut_at(vgg16, "block5_conv3").extractor  # filter 1: keras#18334's dead filter
     dead = visualize_filters(block5, [1, 2], iters=3, step_size=10.0, input_size=96)
-    assert dead_images(dead).tolist() == [True, False]
-    assert measure(block5, dead.images, dead.filters, dead.losses).dead.tolist() == [True, False]
+    assert dead.dead().tolist() == [True, False]
+    assert measure(block5, dead, Recipe()).dead.tolist() == [True, False]
 
     block3 = cut_at(vgg16, "block3_conv1").extractor  # filter 0: nothing to climb from flat grey
     kwargs = dict(iters=10, step_size=10.0, input_size=48)
     flat = visualize_filters(block3, [0, 1], **kwargs)
-    assert dead_images(flat).tolist() == [True, False]
-    alive = flat.images[1].copy()
+    assert flat.dead().tolist() == [True, False]
     revived = retry_dead(block3, flat, 2, recipe=Recipe(), seed=0, **kwargs)
-    assert dead_images(revived).tolist() == [False, False]
-    np.testing.assert_array_equal(revived.images[1], alive)  # live filters are left alone
+    assert revived.dead().tolist() == [False, False]
+    np.testing.assert_array_equal(revived.images[1], flat.images[1])  # live filters are left alone
+    assert flat.dead().tolist() == [True, False], "the retry returns a new result; the first is unchanged"
 
 
 def test_retry_revives_a_filter_the_near_grey_fourier_start_misses(vgg16):
@@ -164,9 +166,9 @@ def test_retry_revives_a_filter_the_near_grey_fourier_start_misses(vgg16):
     recipe = Recipe(**LUCID, preprocess=preprocessor("vgg16"))
     kwargs = dict(iters=25, step_size=0.05, input_size=96, layer="block2_conv1")
     first = visualize_filters(block2, [0], recipe=recipe, **kwargs)
-    assert dead_images(first).tolist() == [True]
+    assert first.dead().tolist() == [True]
     revived = retry_dead(block2, first, 2, recipe=recipe, seed=0, **kwargs)
-    assert dead_images(revived).tolist() == [False]
+    assert revived.dead().tolist() == [False]
     assert revived.losses[0, -1] > 0
 
 
@@ -180,13 +182,25 @@ def test_presets_compose_and_the_gif_is_written(tmp_path):
         lucid = compose("config", overrides=["experiment=lucid"])
         cfg = compose("config", overrides=["experiment=lucid", "iters=4", "input_size=32", "layer=block1_conv1",
                                            "filters=0:2", "save_gif=true", "tracking=off", f"model.weights={WEIGHTS}"])
-    assert (seed.param.name, seed.optimizer.name, seed.preprocess, seed.step_size) == ("pixel", "l2_step", False, 10.0)
-    assert not Transforms(**seed.transforms).active and seed.objective.expr == "channel"
-    assert (lucid.param.name, lucid.optimizer.name, lucid.preprocess, lucid.transforms.pad) == (
-        "fourier", "adam", True, 12)
+    assert (seed.param._target_, seed.optimizer._target_, seed.preprocess, seed.step_size) == (
+        "filterviz.core.params.Pixel", "filterviz.core.optimizers.L2Step", False, 10.0)
+    assert not job.build(seed, "transforms").active and seed.objective.expr == "channel"
+    assert (lucid.param._target_, lucid.optimizer._target_, lucid.preprocess, lucid.transforms.pad) == (
+        "filterviz.core.params.Fourier", "keras.optimizers.Adam", True, 12)
+    assert isinstance(job.build(lucid, "optimizer")(learning_rate=0.05), keras.optimizers.Adam)
     result = job.run(cfg, tmp_path)
     from PIL import Image
 
     with Image.open(result.results_dir / "ascent.gif") as gif:
         assert gif.n_frames == 5  # one per step and the final image
-    assert 0 <= result.quality["quality/hf_fraction"] <= 1
+    assert 0 <= result.figures["quality/hf_fraction"] <= 1
+
+
+def test_one_rule_for_dead_the_filters_activation_not_the_objective(block3):
+    """A diversity objective is negative by design; its filter still fires, so it is not dead."""
+    recipe = Recipe(**LUCID, preprocess=preprocessor("vgg16"),
+                    objective=objectives.Objective("channel + 1000 * diversity", copies=2))
+    result = visualize_filters(block3, [5], iters=4, step_size=0.05, input_size=48, recipe=recipe)
+    assert (result.losses < 0).all() and (result.activations > 0).any(axis=1).all()
+    assert result.dead().tolist() == [False, False] and result.dead_filters() == []
+    assert measure(block3, result, recipe).dead.tolist() == [False, False]

@@ -8,14 +8,15 @@ raw image, no transforms, `channel`, l2-normalised step) this is the notebooks' 
 bit for bit. Plain TensorFlow and NumPy; no Hydra, no MLflow.
 """
 
-from dataclasses import dataclass, field
-from typing import Callable, List, Optional, Sequence, Tuple
+from dataclasses import dataclass, field, replace
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 from filterviz.core import objectives
+from filterviz.core.objectives import Objective
 from filterviz.core.optimizers import L2Step
 from filterviz.core.params import Pixel
 from filterviz.core.transforms import Transforms, image_seeds
@@ -25,133 +26,191 @@ StepCallback = Callable[[Sequence[int], int, tf.Tensor], None]
 Preprocess = Callable[[tf.Tensor], tf.Tensor]
 
 
+class ImageId(NamedTuple):
+    """Which image: the filter it shows, and which of that filter's copies (for diversity)."""
+
+    filter: int
+    copy: int = 0
+
+
 @dataclass
 class Recipe:
     """How to ascend: everything but the model, the filters and the schedule."""
 
     param: object = field(default_factory=Pixel)
     transforms: Transforms = field(default_factory=Transforms)
-    objective: List[Tuple[float, str]] = field(default_factory=lambda: [(1.0, "channel")])
-    optimizer: object = field(default_factory=L2Step)
+    objective: Objective = field(default_factory=Objective)
+    # called with learning_rate=step_size: a Keras optimizer class, or a partial of one
+    optimizer: Callable[..., keras.optimizers.Optimizer] = L2Step
     preprocess: Optional[Preprocess] = None  # [0, 1] RGB -> the model's input, inside the graph
-    copies: int = 1  # images per filter (for diversity)
-    border: int = 0  # activation-map pixels the objective leaves out at each edge
-    direction: Optional[np.ndarray] = None  # for the `direction` term
 
 
 @dataclass
 class AscentResult:
-    filters: List[int]  # each image's filter (repeated `copies` times, consecutively)
+    ids: List[ImageId]  # each image's filter and copy; copies of a filter are consecutive
     images: np.ndarray  # (n_images, size, size, channels): the final images (raw pixels for `pixel`)
-    losses: np.ndarray  # (n_images, iters): the objective at each iteration, before its update
-    copies: int = 1
+    losses: np.ndarray  # (n_images, iters): the objective at each iteration, before its update; NaN: not run
+    activations: np.ndarray  # (n_images, iters): the filter's mean activation at each iteration
     frames: List[np.ndarray] = field(default_factory=list)  # of one image, for a GIF
+    complete: bool = True  # False: the ascent was stopped and these are the images it had reached
+
+    @property
+    def filters(self) -> List[int]:
+        return [i.filter for i in self.ids]
+
+    @property
+    def copies(self) -> int:
+        return 1 + max((i.copy for i in self.ids), default=0)
+
+    def dead(self) -> np.ndarray:
+        """The one rule for a dead filter, per image: its activation never rose above zero during the
+        ascent, so the layer gave the image no gradient to climb."""
+        return ~(np.nan_to_num(self.activations, nan=0.0) > 0).any(axis=1)
+
+    def dead_filters(self) -> List[int]:
+        return sorted({i.filter for i, d in zip(self.ids, self.dead()) if d})
+
+    def replaced_by(self, other: "AscentResult") -> "AscentResult":
+        """A new result with `other`'s images in place of the same (filter, copy); the rest kept."""
+        row = {image_id: j for j, image_id in enumerate(other.ids)}
+        take = [(i, row[image_id]) for i, image_id in enumerate(self.ids) if image_id in row]
+        images, losses, activations = self.images.copy(), self.losses.copy(), self.activations.copy()
+        for i, j in take:
+            images[i], losses[i], activations[i] = other.images[j], other.losses[j], other.activations[j]
+        return replace(self, images=images, losses=losses, activations=activations)
 
 
-def dead_images(result: AscentResult) -> np.ndarray:
-    """Images whose filter never fired: zero at every step, so a zero gradient never moved them."""
-    return result.losses.max(axis=1) <= 0
-
-
-def dead_filters(filters: Sequence[int], dead: np.ndarray) -> List[int]:
-    return sorted({f for f, d in zip(filters, dead) if d})
-
-
-def retry_dead(extractor: keras.Model, result: AscentResult, attempts: int, *, recipe: Recipe, seed: int,
-               **kwargs) -> AscentResult:
-    """Run dead filters again from new, livelier random starts (the same start would only repeat)."""
-    retry_recipe = Recipe(**{**recipe.__dict__, "param": recipe.param.livelier()})
-    k = result.copies
-    for attempt in range(1, attempts + 1):
-        dead = dead_filters(result.filters, dead_images(result))
-        if not dead:
-            break
-        again = visualize_filters(extractor, dead, recipe=retry_recipe, seed=seed + 7919 * attempt, **kwargs)
-        row = {(f, j % k): j for j, f in enumerate(again.filters)}  # copies of a filter are consecutive
-        for i, f in enumerate(result.filters):
-            j = row.get((f, i % k))
-            if j is not None:
-                result.images[i], result.losses[i] = again.images[j], again.losses[j]
-    return result
-
-
-def make_step(extractor: keras.Model, recipe: Recipe):
-    """One compiled ascent step for a batch; traced once, whatever the filters or step size."""
-    # Grappler's arithmetic optimizer rewrites the mean and the l2-normalisation with a
-    # different rounding; without it the compiled step is bit-identical to the notebooks'
-    # eager loop, at no measured speed cost.
-    tf.config.optimizer.set_experimental_options({"arithmetic_optimization": False})
-    direction = None if recipe.direction is None else tf.constant(recipe.direction, tf.float32)
-
-    @tf.function(reduce_retracing=True)
-    def step(params, state, filter_indices, seeds, t, step_size):
-        with tf.GradientTape(watch_accessed_variables=False) as tape:
-            tape.watch(params)
-            images = recipe.param.to_image(params)
-            view = recipe.transforms(images, seeds, t) if recipe.transforms.active else images
-            model_input = recipe.preprocess(view) if recipe.preprocess else view
-            activations = tf.cast(extractor(model_input, training=False), tf.float32)
-            context = objectives.Context(activations, filter_indices, images, recipe.copies, recipe.border, direction)
-            objective = objectives.evaluate(recipe.objective, context)
-            # Images are independent, so d(sum)/d(image_i) is the gradient of objective_i alone.
-            total = tf.reduce_sum(objective)
-        grads = tape.gradient(total, params)
-        params, state = recipe.optimizer.update(params, grads, state, step_size, t)
-        return objective, params, state
-
-    return step
+def concatenate(parts: Sequence[AscentResult], complete: bool = True) -> AscentResult:
+    return AscentResult([i for p in parts for i in p.ids], np.concatenate([p.images for p in parts]),
+                        np.concatenate([p.losses for p in parts]), np.concatenate([p.activations for p in parts]),
+                        [f for p in parts for f in p.frames], complete)
 
 
 def chunks(filters: Sequence[int], batch_size: int) -> List[List[int]]:
     return [list(filters[i : i + batch_size]) for i in range(0, len(filters), batch_size)]
 
 
-def visualize_filters(
-    extractor: keras.Model,
-    filters: Sequence[int],
-    *,
-    iters: int,
-    step_size: float,
-    input_size: int,
-    batch_size: int = 16,
-    recipe: Optional[Recipe] = None,
-    seed: int = 0,
-    layer: str = "",
-    on_step: Optional[StepCallback] = None,
-    gif_filter: Optional[int] = None,
-    gif_frames: int = 40,
-) -> AscentResult:
-    """Maximise `recipe`'s objective for each filter of `extractor`'s output.
+class _Compiled:
+    """One batch shape's parameter variable, its optimizer and the compiled step, reused by every
+    chunk of that shape (a new chunk resets both), so the step is traced once per shape."""
 
-    Random starts and views are seeded per image from (seed, layer, filter, copy), so a
-    filter's images do not depend on which filters share its batch.
+    def __init__(self, extractor: keras.Model, recipe: Recipe, shape: Tuple[int, ...], step_size: float):
+        # Grappler's arithmetic optimizer rewrites the mean and the l2-normalisation with a
+        # different rounding; without it the compiled step is bit-identical to the notebooks'
+        # eager loop, at no measured speed cost.
+        tf.config.optimizer.set_experimental_options({"arithmetic_optimization": False})
+        self.params = tf.Variable(tf.zeros(shape, tf.float32))
+        self.optimizer = recipe.optimizer(learning_rate=step_size)
+        self.optimizer.build([self.params])
+        self._fresh = [v.numpy() for v in self.optimizer.variables]
+        params, optimizer, objective = self.params, self.optimizer, recipe.objective
+
+        @tf.function
+        def step(filter_indices, seeds, t):
+            with tf.GradientTape(watch_accessed_variables=False) as tape:
+                tape.watch(params)
+                images = recipe.param.to_image(params)
+                view = recipe.transforms(images, seeds, t) if recipe.transforms.active else images
+                model_input = recipe.preprocess(view) if recipe.preprocess else view
+                activations = tf.cast(extractor(model_input, training=False), tf.float32)
+                context = objective.context(activations, filter_indices, images)
+                value = objective(context)
+                # Images are independent, so d(sum)/d(image_i) is the gradient of objective_i alone.
+                total = tf.reduce_sum(value)
+            grads = tape.gradient(total, params)
+            optimizer.apply_gradients([(-grads, params)])  # Keras descends; we climb
+            return value, objectives.activation(context)
+
+        self.step = step
+
+    def reset(self, start: tf.Tensor) -> None:
+        self.params.assign(start)
+        for variable, value in zip(self.optimizer.variables, self._fresh):
+            variable.assign(value)
+
+
+class Ascent:
+    """Maximise a recipe's objective for many filters of `extractor`'s output, a batch at a time.
+
+    Random starts and views are seeded per image from (seed, layer, filter, copy, stream), so a
+    filter's images do not depend on which filters share its batch. What has been computed so
+    far stays readable through `partial()`, also after the run was interrupted.
     """
-    recipe = recipe or Recipe()
-    channels = int(extractor.input_shape[-1])
-    step = make_step(extractor, recipe)
-    rate = tf.constant(step_size, tf.float32)
-    every = max(1, iters // gif_frames)
-    out_filters, images, losses, frames = [], [], [], []
-    for chunk in chunks(filters, max(1, batch_size // recipe.copies)):
-        per_image = [f for f in chunk for _ in range(recipe.copies)]
-        seeds = image_seeds(seed, layer, chunk, recipe.copies)
-        params = recipe.param.init(seeds, input_size, channels)
-        state = recipe.optimizer.init_state(params)
-        indices = tf.constant(per_image, tf.int32)
+
+    def __init__(self, extractor: keras.Model, recipe: Optional[Recipe] = None, *, iters: int, step_size: float,
+                 input_size: int, batch_size: int = 16, seed: int = 0, layer: str = "", stream: str = "",
+                 on_step: Optional[StepCallback] = None, gif_filter: Optional[int] = None, gif_frames: int = 40):
+        self.extractor, self.recipe = extractor, recipe or Recipe()
+        self.iters, self.step_size, self.input_size, self.batch_size = iters, step_size, input_size, batch_size
+        self.seed, self.layer, self.stream, self.on_step = seed, layer, stream, on_step
+        self.gif_filter, self.gif_every = gif_filter, max(1, iters // gif_frames)
+        self.done: List[AscentResult] = []
+        self._running: Optional[Tuple[List[ImageId], _Compiled, list, list, list]] = None
+        self._compiled: Dict[Tuple[int, ...], _Compiled] = {}
+
+    def run(self, filters: Sequence[int]) -> AscentResult:
+        copies = self.recipe.objective.copies
+        for chunk in chunks(filters, max(1, self.batch_size // copies)):
+            self.done.append(self._ascend(chunk, copies))
+        return concatenate(self.done)
+
+    def partial(self) -> Optional[AscentResult]:
+        """The finished batches and the running one as far as it got; None before the first step."""
+        parts = list(self.done)
+        if self._running is not None:
+            ids, compiled, losses, activations, frames = self._running
+            if losses:
+                pad = np.full((len(ids), self.iters - len(losses)), np.nan, np.float32)
+                parts.append(AscentResult(
+                    ids, self.recipe.param.to_image(compiled.params).numpy(),
+                    np.concatenate([tf.stack(losses, axis=1).numpy(), pad], axis=1),
+                    np.concatenate([tf.stack(activations, axis=1).numpy(), pad], axis=1), frames))
+        return concatenate(parts, complete=False) if parts else None
+
+    def _ascend(self, chunk: List[int], copies: int) -> AscentResult:
+        ids = [ImageId(f, k) for f in chunk for k in range(copies)]
+        seeds = image_seeds(self.seed, self.layer, chunk, copies, self.stream)
+        start = self.recipe.param.init(seeds, self.input_size, int(self.extractor.input_shape[-1]))
+        compiled = self._compiled.get(tuple(start.shape))
+        if compiled is None:
+            compiled = self._compiled[tuple(start.shape)] = _Compiled(self.extractor, self.recipe, tuple(start.shape),
+                                                                      self.step_size)
+        compiled.reset(start)
+        indices = tf.constant([i.filter for i in ids], tf.int32)
         seeds_t = tf.constant(seeds, tf.int32)
-        traced = per_image.index(gif_filter) if gif_filter in per_image else None
-        history = []
-        for i in range(iters):
-            if traced is not None and i % every == 0:
-                frames.append(recipe.param.to_image(params)[traced].numpy())
-            loss, params, state = step(params, state, indices, seeds_t, tf.constant(i, tf.int32), rate)
-            history.append(loss)  # stays a tensor: no device sync per step
-            if on_step is not None:
-                on_step(chunk, i, loss)
-        final = recipe.param.to_image(params)
+        traced = chunk.index(self.gif_filter) * copies if self.gif_filter in chunk else None
+        losses, activations, frames = [], [], []
+        self._running = (ids, compiled, losses, activations, frames)
+        for i in range(self.iters):
+            if traced is not None and i % self.gif_every == 0:
+                frames.append(self.recipe.param.to_image(compiled.params)[traced].numpy())
+            value, activation = compiled.step(indices, seeds_t, tf.constant(i, tf.int32))
+            losses.append(value)  # stays a tensor: no device sync per step
+            activations.append(activation)
+            if self.on_step is not None:
+                self.on_step(chunk, i, value)
+        final = self.recipe.param.to_image(compiled.params).numpy()
         if traced is not None:
-            frames.append(final[traced].numpy())
-        out_filters += per_image
-        images.append(final.numpy())
-        losses.append(tf.stack(history, axis=1).numpy())
-    return AscentResult(out_filters, np.concatenate(images), np.concatenate(losses), recipe.copies, frames)
+            frames.append(final[traced])
+        self._running = None
+        return AscentResult(ids, final, tf.stack(losses, axis=1).numpy(), tf.stack(activations, axis=1).numpy(),
+                            frames)
+
+
+def visualize_filters(extractor: keras.Model, filters: Sequence[int], **kwargs) -> AscentResult:
+    """One `Ascent` over `filters`: see its arguments."""
+    return Ascent(extractor, **kwargs).run(filters)
+
+
+def retry_dead(extractor: keras.Model, result: AscentResult, attempts: int, *, recipe: Recipe,
+               **kwargs) -> AscentResult:
+    """A new result in which dead filters are run again from livelier random starts, attempt k
+    drawing from its own random stream `retry<k>` (the same start would only repeat)."""
+    livelier = replace(recipe, param=recipe.param.livelier())
+    for attempt in range(1, attempts + 1):
+        dead = result.dead_filters()
+        if not dead:
+            break
+        again = visualize_filters(extractor, dead, recipe=livelier, stream=f"retry{attempt}", **kwargs)
+        result = result.replaced_by(again)
+    return result

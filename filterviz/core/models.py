@@ -124,6 +124,11 @@ def check_input_size(cut: LayerCut, size: int, largest: int = 1024) -> None:
     raise ConfigError(f"input_size={size} is too small for layer {cut.layer}: the minimum is {hi}")
 
 
+def activation_map(cut: LayerCut, size: int) -> tuple:
+    """(height, width) of the layer's activation map for a `size`x`size` input."""
+    return tuple(cut.extractor.compute_output_shape((1, size, size, cut.channels))[1:3])
+
+
 def _reaches_layer(cut: LayerCut, size: int) -> bool:
     try:
         shape = cut.extractor.compute_output_shape((1, size, size, cut.channels))

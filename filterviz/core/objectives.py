@@ -9,11 +9,14 @@ with a negative weight): l1, l2, tv (total variation), blur.
 
 Each weight multiplies its own term only. Every term is per image, so an image's objective
 never depends on other filters in its batch (diversity compares copies of one filter only).
+
+`activation` (the filter's mean response, the `channel` term) is also what decides whether
+a filter is dead: see `AscentResult.dead` in ascent.py.
 """
 
 import re
-from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from dataclasses import dataclass, replace
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -26,10 +29,10 @@ from filterviz.core.transforms import gaussian_blur
 class Context:
     activations: tf.Tensor  # (batch, h, w, channels) of the layer, float32
     filters: tf.Tensor  # (batch,) int32: each image's filter
-    images: tf.Tensor  # (batch, size, size, c): the image in [0, 1] before transforms
-    copies: int  # images per filter, consecutive in the batch
-    border: int  # activation-map pixels left out at each edge
-    direction: Optional[tf.Tensor]  # (channels,) for `direction`
+    images: Optional[tf.Tensor]  # (batch, size, size, c): the image in [0, 1] before transforms
+    copies: int = 1  # images per filter, consecutive in the batch
+    border: int = 0  # activation-map pixels left out at each edge
+    direction: Optional[tf.Tensor] = None  # (channels,) for `direction`
 
 
 def _cropped(ctx: Context) -> tf.Tensor:
@@ -111,22 +114,55 @@ def parse(expr: str) -> List[Tuple[float, str]]:
     return terms
 
 
-def build(expr: str, regularizers: Dict[str, float]) -> List[Tuple[float, str]]:
-    """The expression's terms, then each regularizer with a non-zero weight, subtracted."""
-    unknown = set(regularizers) - {"l1", "l2", "tv", "blur"}
-    if unknown:
-        raise ConfigError(f"unknown regularizer {sorted(unknown)[0]!r}: use l1, l2, tv, blur")
-    return parse(expr) + [(-float(w), name) for name, w in regularizers.items() if w]
+@dataclass
+class Objective:
+    """What the ascent maximises for each image: a weighted sum of terms."""
+
+    expr: str = "channel"
+    copies: int = 1  # images per filter; diversity needs 2 or more
+    border: int = 0  # activation-map pixels left out at each edge
+    direction: Optional[List[float]] = None  # for `direction`; None: a seeded random vector
+
+    def __post_init__(self):
+        self.terms = parse(self.expr)
+        if self.copies < 1:
+            raise ConfigError(f"objective.copies={self.copies}: at least 1 image per filter")
+        if self.uses("diversity") and self.copies < 2:
+            raise ConfigError("the diversity term needs several images per filter: set objective.copies=4, say")
+        if self.border < 0:
+            raise ConfigError(f"objective.border={self.border}: a border cannot be negative")
+
+    def uses(self, term: str) -> bool:
+        return any(name == term for _, name in self.terms)
+
+    def for_layer(self, layer: str, channels: int, map_side: int, seed: int) -> "Objective":
+        """This objective on one layer: the border checked against its activation map, the direction
+        checked against its channels (or drawn from `seed`)."""
+        if 2 * self.border >= map_side:
+            raise ConfigError(f"objective.border={self.border} leaves nothing of {layer}'s {map_side}x{map_side} "
+                              f"activation map: use at most {(map_side - 1) // 2}, or a larger input_size")
+        if not self.uses("direction"):
+            return self
+        vector = self.direction if self.direction is not None else random_direction(channels, seed).tolist()
+        if len(vector) != channels:
+            raise ConfigError(f"objective.direction has {len(vector)} values; {layer} has {channels} channels")
+        return replace(self, direction=[float(v) for v in vector])
+
+    def context(self, activations: tf.Tensor, filters: tf.Tensor, images: Optional[tf.Tensor] = None) -> Context:
+        direction = None if self.direction is None else tf.constant(self.direction, tf.float32)
+        return Context(activations, filters, images, self.copies, self.border, direction)
+
+    def __call__(self, ctx: Context) -> tf.Tensor:
+        """The per-image objective: the weighted sum of the terms."""
+        total = None
+        for weight, name in self.terms:
+            value = TERMS[name](ctx)
+            value = value if weight == 1.0 else weight * value
+            total = value if total is None else total + value
+        return total
 
 
-def evaluate(terms: Sequence[Tuple[float, str]], ctx: Context) -> tf.Tensor:
-    """The per-image objective: the weighted sum of the terms."""
-    total = None
-    for weight, name in terms:
-        value = TERMS[name](ctx)
-        value = value if weight == 1.0 else weight * value
-        total = value if total is None else total + value
-    return total
+activation = channel  # the filter's mean response, whatever the objective
 
 
 def random_direction(channels: int, seed: int) -> np.ndarray:

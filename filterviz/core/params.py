@@ -4,6 +4,11 @@ becomes an RGB image.
 pixel    the pixels themselves (the seeds': a flat 0.5 start, unbounded values)
 fourier  a spectrum scaled by 1/f^decay, inverse-FFT'd, colour-decorrelated and squashed
          into [0, 1] by a sigmoid or clipping (Olah et al., Distill 2017)
+
+A parameterization is a dataclass with three methods, named by `_target_` in a YAML file
+of conf/param/: `init(seeds, size, channels)` -> the starting parameters of one image per
+seed, `to_image(params)` -> (n, size, size, channels) images (differentiable), and
+`livelier()` -> a copy whose random start gives a dead filter something to climb.
 """
 
 from dataclasses import dataclass, replace
@@ -72,8 +77,3 @@ class Fourier:
             return tf.sigmoid(image)
         mean = tf.constant(IMAGENET_MEAN if self.channels == 3 else [0.45], tf.float32)
         return tf.clip_by_value(image + mean, 0.0, 1.0)
-
-
-def make_param(name: str, **options):
-    kinds = {"pixel": Pixel, "fourier": Fourier}
-    return kinds[name](**options)

@@ -6,16 +6,21 @@ robustness        mean activation over 16 random views (jitter ±8 px, scale 0.9
                   a picture of a feature, near 0 for one that games exact pixels
 hf_fraction       share of the image's spectral energy above half the Nyquist frequency:
                   high for pixel noise, low for smooth pictures
-dead              the filter never fired: its activation stayed at zero throughout
+dead              the filter never fired (`AscentResult.dead`, the one rule)
+
+Activations are measured as the ascent measures them: the objective's `activation` term
+(objectives.py) on the model's preprocessed input.
 """
 
 from dataclasses import dataclass
-from typing import Callable, Dict, Optional, Sequence
+from typing import Dict
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from filterviz.core import objectives
+from filterviz.core.ascent import AscentResult, Recipe
 from filterviz.core.transforms import Transforms, image_seeds
 
 VIEWS = 16
@@ -40,36 +45,37 @@ class Quality:
     hf_fraction: np.ndarray
     dead: np.ndarray
 
+    PER_IMAGE = ("activation", "robustness", "hf_fraction")
+    SUMMARY = ("quality/final_activation", "quality/robustness", "quality/hf_fraction", "quality/dead_filters")
+
     def per_image(self) -> Dict[str, np.ndarray]:
-        return {"activation": self.final_activation, "robustness": self.robustness, "hf_fraction": self.hf_fraction}
+        return dict(zip(self.PER_IMAGE, (self.final_activation, self.robustness, self.hf_fraction)))
 
     def summary(self) -> Dict[str, float]:
         """Run-level figures: means over live filters (dead ones say nothing about the picture)."""
         live = ~self.dead
         pick = live if live.any() else np.ones_like(live)
-        return {
-            "quality/final_activation": float(np.mean(self.final_activation[pick])),
-            "quality/robustness": float(np.nanmean(self.robustness[pick])) if np.isfinite(
-                self.robustness[pick]).any() else float("nan"),
-            "quality/hf_fraction": float(np.mean(self.hf_fraction[pick])),
-            "quality/dead_filters": float(self.dead.sum()),
-        }
+        robust = self.robustness[pick]
+        return dict(zip(self.SUMMARY, (
+            float(np.mean(self.final_activation[pick])),
+            float(np.nanmean(robust)) if np.isfinite(robust).any() else float("nan"),
+            float(np.mean(self.hf_fraction[pick])),
+            float(self.dead.sum()))))
 
 
-def measure(extractor: keras.Model, images: np.ndarray, filters: Sequence[int], losses: np.ndarray,
-            preprocess: Optional[Callable] = None, batch_size: int = 16) -> Quality:
-    """Quality figures of final `images` (in the space the ascent fed the model before preprocessing)."""
+def measure(extractor: keras.Model, result: AscentResult, recipe: Recipe, batch_size: int = 16) -> Quality:
+    """Quality figures of the final images of `result`, made with `recipe`."""
 
     @tf.function(reduce_retracing=True)
     def activation(x, idx):
-        x = preprocess(x) if preprocess else x
+        x = recipe.preprocess(x) if recipe.preprocess else x
         acts = tf.cast(extractor(x, training=False), tf.float32)
-        return tf.reduce_mean(tf.gather(acts, idx, axis=3, batch_dims=1), axis=[1, 2])
+        return objectives.activation(recipe.objective.context(acts, idx))
 
     plain, viewed = [], []
-    for start in range(0, len(images), batch_size):
-        x = tf.constant(images[start : start + batch_size], tf.float32)
-        idx = tf.constant(filters[start : start + batch_size], tf.int32)
+    for start in range(0, len(result.images), batch_size):
+        x = tf.constant(result.images[start : start + batch_size], tf.float32)
+        idx = tf.constant(result.filters[start : start + batch_size], tf.int32)
         plain.append(activation(x, idx).numpy())
         # Fixed seeds: every run is judged on the same views.
         seeds = tf.constant(image_seeds(0, "robustness", range(len(idx))), tf.int32)
@@ -78,5 +84,4 @@ def measure(extractor: keras.Model, images: np.ndarray, filters: Sequence[int], 
     final, robust = np.concatenate(plain), np.concatenate(viewed)
     with np.errstate(divide="ignore", invalid="ignore"):
         robustness = np.where(final > 0, robust / final, np.nan)
-    dead = (final <= 0) & (losses.max(axis=1) <= 0)  # never fired, and the image is still silent
-    return Quality(final, robustness, hf_fraction(images), dead)
+    return Quality(final, robustness, hf_fraction(result.images), result.dead())

@@ -15,9 +15,12 @@ import numpy as np
 import tensorflow as tf
 
 
-def image_seeds(seed: int, layer: str, filters: Sequence[int], copies: int = 1) -> List[int]:
-    """A stable 31-bit seed per (seed, layer, filter, copy); Python's hash() is salted per process."""
-    return [zlib.crc32(f"{seed}/{layer}/{f}/{k}".encode()) & 0x7FFFFFFF for f in filters for k in range(copies)]
+def image_seeds(seed: int, layer: str, filters: Sequence[int], copies: int = 1,
+                stream: str = "") -> List[int]:
+    """A stable 31-bit seed per (seed, layer, filter, copy) in a named random `stream` ("": the
+    first start; `retry1`, ...: dead-filter retries); Python's hash() is salted per process."""
+    suffix = f"/{stream}" if stream else ""
+    return [zlib.crc32(f"{seed}/{layer}/{f}/{k}{suffix}".encode()) & 0x7FFFFFFF for f in filters for k in range(copies)]
 
 
 @dataclass

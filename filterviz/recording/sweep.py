@@ -17,21 +17,10 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from filterviz.recording.settings import override_key, run_name
+
 RECORD = "mlflow_sweep.json"
 ERROR_FILE = "error.txt"
-# Run names show the settings that make the picture, not where it is stored or tagged.
-NOT_IN_NAMES = ("tracking", "model.path", "model.weights", "hydra")
-
-
-def override_key(override: str) -> str:
-    return override.split("=", 1)[0].lstrip("+~")
-
-
-def run_name(overrides: List[str], only_keys: Optional[List[str]] = None) -> Optional[str]:
-    """`filters=0:16,layer=block3_conv1` from a job's overrides (sorted, like Hydra's override_dirname)."""
-    kept = [o for o in overrides if not override_key(o).startswith(NOT_IN_NAMES)
-            and (only_keys is None or override_key(o) in only_keys)]
-    return ",".join(sorted(kept)) or None
 
 
 @dataclass

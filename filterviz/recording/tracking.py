@@ -24,7 +24,7 @@ from filterviz.errors import ConfigError, first_line
 DEFAULT_STORE_DIR = "mlruns"
 MAX_BATCH = 1000  # MLflow's limit of entities per log_batch call
 MAX_PARAMS = 100  # and of params per call
-SWEEP_TAG = "filterviz.recording.sweep"
+SWEEP_TAG = "filterviz.sweep"
 
 
 @dataclass(frozen=True)

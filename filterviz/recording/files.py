@@ -1,0 +1,42 @@
+"""A run's results as files in its output folder: what each file holds and how it is named.
+
+    images/filter_0012.png        one per image (filter_0012_1.png: copy 1, with several copies)
+    grid.png, loss_curve.png      every image in one figure; the objective per iteration
+    images.npy, filters.npy, losses.npy, final_activations.npy, config_resolved.yaml
+    ascent.gif                    one filter's ascent, when asked for
+"""
+
+from pathlib import Path
+
+import numpy as np
+
+from filterviz.core.ascent import AscentResult, ImageId
+from filterviz.core.quality import Quality
+from filterviz.recording import images
+
+
+def label(image_id: ImageId, copies: int) -> str:
+    """`12`, or `12.0`, `12.1`, ... when a filter has several images."""
+    return str(image_id.filter) if copies == 1 else f"{image_id.filter}.{image_id.copy}"
+
+
+def png_name(image_id: ImageId, copies: int) -> str:
+    return f"filter_{image_id.filter:04d}" + (f"_{image_id.copy}" if copies > 1 else "") + ".png"
+
+
+def write_results(result: AscentResult, figures: Quality, title: str, out: Path, resolved_config: str) -> None:
+    """Everything a run produces, as files: per-filter PNGs, grid, loss curves, raw arrays, config."""
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    copies = result.copies
+    labels = [label(i, copies) for i in result.ids]
+    for image_id, image in zip(result.ids, result.images):
+        images.save_png(image, out / "images" / png_name(image_id, copies))
+    images.save_grid(result.images, labels, title, out / "grid.png")
+    images.save_loss_curves(result.losses, labels, title, out / "loss_curve.png")
+    if result.frames:
+        images.save_gif(result.frames, out / "ascent.gif")
+    np.save(out / "images.npy", result.images)
+    np.save(out / "filters.npy", np.asarray(result.filters))
+    np.save(out / "losses.npy", result.losses)
+    np.save(out / "final_activations.npy", figures.final_activation)
+    (out / "config_resolved.yaml").write_text(resolved_config)
