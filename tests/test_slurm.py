@@ -28,7 +28,8 @@ def cluster_problem():
     states = proc.stdout.split()
     up = ("idle", "mixed", "allocated", "completing")  # busy nodes take jobs later; down, drained do not
     if proc.returncode != 0 or not any(s.rstrip("*~#!%$@^-+") in up for s in states):
-        said = (proc.stderr.strip() or " ".join(states) or "no nodes").splitlines()[0]
+        where = f"partition {PARTITION!r}" if PARTITION else "the cluster"
+        said = (proc.stderr.strip() or " ".join(states) or f"{where} has no nodes").splitlines()[0]
         return f"no SLURM node is up to take jobs ({said}); .ci/slurm starts a one-node cluster"
     return None
 
