@@ -41,6 +41,7 @@ import pytest
 
 CHROMIUM = os.environ.get("FILTERVIZ_CHROMIUM", "/usr/bin/chromium")
 VIEWPORT = {"width": 1400, "height": 900}
+TIMEOUT_MS = 30_000  # for every wait on the page, expect() included
 
 # Every page of the UI asks for the signed-in user, which a server without auth answers 404.
 HARMLESS_ERRORS = (re.compile(r"/ajax-api/2\.0/mlflow/users/current\b"),)
@@ -166,8 +167,12 @@ def page_errors() -> list[dict]:
 @pytest.fixture
 def ui_page(chromium_browser, page_errors):
     """A fresh page (own context: empty localStorage) with the Assistant panel kept closed."""
+    from playwright.sync_api import expect
+
+    # A busy 2-core machine needs more than Playwright's 5 s for the UI's first render.
+    expect.set_options(timeout=TIMEOUT_MS)
     context = chromium_browser.new_context(viewport=VIEWPORT)
-    context.set_default_timeout(30_000)
+    context.set_default_timeout(TIMEOUT_MS)
     context.add_init_script(_QUIET_ASSISTANT)
     page = context.new_page()
     page.on("console", lambda m: m.type == "error" and page_errors.append(
