@@ -103,6 +103,7 @@ def mlflow_ui(backend_store_uri: str, *, startup_timeout: float = 120, tries: in
     try:
         for attempt in range(1, tries + 1):
             port = free_port()
+            logged = log_path.stat().st_size if log_path.exists() else 0
             url = f"http://127.0.0.1:{port}"
             with open(log_path, "ab") as log:
                 proc = subprocess.Popen(
@@ -116,15 +117,15 @@ def mlflow_ui(backend_store_uri: str, *, startup_timeout: float = 120, tries: in
                 time.sleep(0.25)
             if proc.poll() is None and _healthy(url):
                 break
+            early_exit = proc.poll()
             _stop(proc)
-            tail = log_path.read_text(errors="replace")[-3000:]
+            tail = log_path.read_bytes()[logged:].decode(errors="replace")[-3000:]
             # a port taken between free_port() and the bind: try another one
             if attempt < tries and "address already in use" in tail.lower():
                 continue
-            raise RuntimeError(
-                f"`mlflow ui` did not answer {url}/health within {startup_timeout:.0f} s "
-                f"(exit status {proc.returncode}). Log tail:\n{tail}"
-            )
+            why = (f"exited with status {early_exit}" if early_exit is not None
+                   else f"did not answer {url}/health within {startup_timeout:.0f} s")
+            raise RuntimeError(f"`mlflow ui` {why}. Its log ends:\n{tail}")
         yield url
     finally:
         if proc is not None:
@@ -140,7 +141,7 @@ def require_chromium() -> None:
     try:
         import playwright.sync_api  # noqa: F401
     except ImportError:
-        pytest.skip("playwright is not installed (it is in filterviz's dev extra: pip install -e '.[dev]')")
+        pytest.skip("playwright is not installed (pip install playwright)")
     if not (os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK)):
         pytest.skip(f"no Chromium at {CHROMIUM} (`bash .ci/chromium` installs Debian's; "
                     "FILTERVIZ_CHROMIUM points elsewhere)")
