@@ -15,9 +15,10 @@ from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from filterviz.config import register_configs  # noqa: E402
+from filterviz.config import check_ranges, register_configs  # noqa: E402
 from filterviz.console import import_tensorflow_quietly  # noqa: E402
-from filterviz.errors import ConfigError, first_line  # noqa: E402
+from filterviz.errors import ConfigError, Stopped, first_line  # noqa: E402
+from filterviz.stops import stop_on_signals  # noqa: E402
 
 register_configs()
 CONFIG_PACKAGES = ("filterviz.conf", "filterviz.experiments")  # Hydra's search path, as packages
@@ -46,17 +47,30 @@ def main() -> None:
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         sys.exit(1)
-    hydra_main()
+    try:
+        with stop_on_signals():
+            hydra_main()
+    except Stopped as stop:
+        from filterviz.recording import sweep
+
+        sweep.end_stopped_sweep(stop)  # a sweep in this process: its parent run ends KILLED too
+        sys.exit(stop.exit_code)
 
 
 @hydra.main(version_base="1.3", config_path="pkg://filterviz.conf", config_name="config")
 def hydra_main(cfg: DictConfig) -> float:
     """One job; returns its figure named by `optimized_metric`, which an Optuna sweeper maximises."""
+    hydra_cfg = HydraConfig.get()
+    try:
+        check_ranges(cfg)  # before the slow import of TensorFlow
+    except ConfigError as e:
+        if hydra_cfg.mode != RunMode.MULTIRUN:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(1)
     import_tensorflow_quietly()  # here, after Hydra has parsed the command line
     from filterviz import job
     from filterviz.recording import settings, sweep
 
-    hydra_cfg = HydraConfig.get()
     output_dir = Path(hydra_cfg.runtime.output_dir)
     overrides = list(hydra_cfg.overrides.task)
     record = sweep.read_record(Path(hydra_cfg.sweep.dir)) if hydra_cfg.mode == RunMode.MULTIRUN else None
@@ -65,9 +79,6 @@ def hydra_main(cfg: DictConfig) -> float:
         shlex.join(["python", "-m", "filterviz", *sys.argv[1:]])
     try:
         result = job.run(cfg, output_dir, run_name, command, record.parent_run_id if record else None)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
     except Exception as e:
         if hydra_cfg.mode != RunMode.MULTIRUN:
             if isinstance(e, ConfigError):

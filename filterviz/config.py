@@ -4,7 +4,7 @@ A wrong type in an override (``iters=abc``) fails in Hydra with its own message.
 technique groups (`param`, `transforms`, `objective`, `optimizer`) name the class they build
 with `_target_`; their values are typed against that class when the job builds it
 (`job.build`), so the schema does not repeat them. Values live in conf/config.yaml and the
-group files, not here; range checks that types cannot express live in :mod:`filterviz.job`.
+group files, not here. `check_ranges` says what types cannot, before TensorFlow is imported.
 """
 
 from dataclasses import dataclass, field
@@ -12,7 +12,9 @@ from enum import Enum
 from typing import Any, Dict, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, DictConfig
+
+from filterviz.errors import ConfigError
 
 
 class Precision(Enum):
@@ -73,3 +75,17 @@ def register_configs() -> None:
     cs.store(name="filterviz_schema", node=FilterVizConfig)
     cs.store(group="model", name="model_schema", node=ModelConfig)
     cs.store(group="tracking", name="tracking_schema", node=TrackingConfig)
+
+
+def check_ranges(cfg: DictConfig) -> None:
+    """The range checks a type cannot express; each error says what would be right."""
+    if cfg.iters < 1:
+        raise ConfigError(f"iters={cfg.iters}: the number of iterations must be at least 1")
+    if not cfg.step_size > 0:
+        raise ConfigError(f"step_size={cfg.step_size}: the step size must be greater than 0, e.g. step_size=10")
+    if cfg.input_size < 1:
+        raise ConfigError(f"input_size={cfg.input_size}: the image side must be a positive number of pixels")
+    if cfg.batch_size < 1:
+        raise ConfigError(f"batch_size={cfg.batch_size}: at least 1 filter per batch")
+    if not 0 <= cfg.seed < 2**32:
+        raise ConfigError(f"seed={cfg.seed}: a seed is a whole number from 0 to 4294967295")

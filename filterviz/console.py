@@ -17,7 +17,8 @@ class Progress:
         # disable=None: no bar when stderr is not a terminal (logs, CI, subprocess tests)
         self.bar = tqdm(total=n_filters * iters, unit="filter-iter", file=sys.stderr, disable=None, leave=False)
 
-    def __call__(self, chunk: Sequence[int], iteration: int, losses) -> None:
+    def __call__(self, chunk: Sequence[int], step: int, losses) -> None:
+        iteration = step % self.iters  # a retry's steps continue after the first attempt's
         self.bar.update(len(chunk))
         if iteration % self.every == 0 or iteration == self.iters - 1:
             self.bar.write(_loss_line(chunk, iteration, self.iters, np.asarray(losses)), file=sys.stdout)

@@ -1,12 +1,17 @@
 """One invocation of the app, as named steps: check the settings, open the store, prepare
 (model, layer, filters, recipe), ascend, revive dead filters, judge, write the files, record.
 
+While it runs, loss points stream to the run (recording/live.py). A stop signal ends the run
+KILLED with what was computed: the points so far, and the images as they were, written and
+logged as partial results.
+
 Glue between the config (OmegaConf), the ascent core and the recording layer. Hydra's app
 stays in `__main__`, so this can be driven from a test or a notebook with a composed config.
 """
 
 import dataclasses
 import inspect
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,11 +24,13 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ValidationError
 
 from filterviz.console import Progress
-from filterviz.core import models, quality
-from filterviz.core.ascent import Ascent, AscentResult, Recipe, retry_dead
+from filterviz.core import hardware, models, quality
+from filterviz.core.ascent import Ascent, AscentResult, ImageId, Recipe, StepCallback, retry_dead
 from filterviz.core.filters import parse_filters
-from filterviz.errors import ConfigError, first_line
-from filterviz.recording import files, tracking
+from filterviz.config import check_ranges
+from filterviz.errors import ConfigError, Stopped, first_line
+from filterviz.recording import files, provenance, tracking
+from filterviz.recording.live import LiveRun
 
 GROUPS = ("param", "transforms", "objective", "optimizer")  # the technique groups, each a `_target_`
 
@@ -78,15 +85,8 @@ RUN_FIGURES = (*quality.Quality.SUMMARY, "seconds", "filter_iters_per_second")
 
 
 def check_settings(cfg: DictConfig) -> None:
-    """The range checks a type cannot express; each error says what would be right."""
-    if cfg.iters < 1:
-        raise ConfigError(f"iters={cfg.iters}: the number of iterations must be at least 1")
-    if not cfg.step_size > 0:
-        raise ConfigError(f"step_size={cfg.step_size}: the step size must be greater than 0, e.g. step_size=10")
-    if cfg.input_size < 1:
-        raise ConfigError(f"input_size={cfg.input_size}: the image side must be a positive number of pixels")
-    if cfg.batch_size < 1:
-        raise ConfigError(f"batch_size={cfg.batch_size}: at least 1 filter per batch")
+    """The range checks a type cannot express (config.check_ranges), and names only the core knows."""
+    check_ranges(cfg)
     per_image = cfg.optimized_metric.split("/filter_")[0] in quality.Quality.PER_IMAGE
     if cfg.optimized_metric not in RUN_FIGURES and not per_image:
         raise ConfigError(f"optimized_metric={cfg.optimized_metric}: not a figure of a run; use one of "
@@ -140,12 +140,17 @@ def open_store(cfg: DictConfig) -> Optional[tracking.Tracker]:
 
 def prepare(cfg: DictConfig) -> Plan:
     """Load the model, cut it at the layer, resolve the filters and build the recipe."""
+    if cfg.precision.value == "bfloat16" and not hardware.bfloat16_units():
+        print("warning: precision=bfloat16 on hardware without bfloat16 units (no GPU of compute capability 8+, no "
+              "AVX512-BF16/AMX CPU): it is emulated, and several times slower than float32", file=sys.stderr)
     model = models.load_model(cfg.model.name, cfg.model.weights, cfg.model.path, cfg.precision.value)
     cut = models.cut_at(model, cfg.layer)
     models.check_input_size(cut, cfg.input_size)
     filters = parse_filters(OmegaConf.to_object(cfg.filters) if OmegaConf.is_config(cfg.filters) else cfg.filters,
                             cut.n_filters, cfg.seed, cut.layer)
     param, transforms, objective, optimizer = (build(cfg, group) for group in GROUPS)
+    batch = min(cfg.batch_size, len(filters) * objective.copies)
+    models.check_memory(cut, cfg.input_size, batch, hardware.available_memory())
     map_side = min(models.activation_map(cut, cfg.input_size))
     recipe = Recipe(param=param, transforms=transforms, optimizer=optimizer,
                     objective=objective.for_layer(cut.layer, cut.n_filters, map_side, cfg.seed),
@@ -153,21 +158,14 @@ def prepare(cfg: DictConfig) -> Plan:
     return Plan(cfg, cut, filters, recipe)
 
 
-def ascend(plan: Plan, progress: Progress) -> AscentResult:
-    cfg = plan.cfg
-    gif_filter = (plan.filters[0] if cfg.gif_filter is None else cfg.gif_filter) if cfg.save_gif else None
-    return Ascent(plan.cut.extractor, plan.recipe, on_step=progress, gif_filter=gif_filter,
-                  **plan.schedule()).run(plan.filters)
-
-
-def revive_dead(plan: Plan, result: AscentResult, progress: Progress) -> AscentResult:
+def revive_dead(plan: Plan, result: AscentResult, on_step: StepCallback) -> AscentResult:
     """Retry dead filters `retry_dead` times from livelier starts, saying so."""
     dead = result.dead_filters()
     if not plan.cfg.retry_dead or not dead:
         return result
     print(f"filter(s) {', '.join(map(str, dead))} never fired: retrying from a livelier random start "
           f"(retry_dead={plan.cfg.retry_dead})")
-    return retry_dead(plan.cut.extractor, result, plan.cfg.retry_dead, recipe=plan.recipe, on_step=progress,
+    return retry_dead(plan.cut.extractor, result, plan.cfg.retry_dead, recipe=plan.recipe, on_step=on_step,
                       **plan.schedule())
 
 
@@ -180,25 +178,48 @@ def judge(plan: Plan, result: AscentResult) -> quality.Quality:
     return figures
 
 
-def execute(plan: Plan, results_dir: Path) -> Outcome:
-    """Ascend, revive dead filters, judge the pictures and write them with everything else."""
-    progress = Progress(len(plan.filters), plan.cfg.iters)
-    start = time.perf_counter()
+def execute(plan: Plan, results_dir: Path, live: Optional[StepCallback] = None) -> Outcome:
+    """Ascend, revive dead filters, judge the pictures and write them with everything else. On a
+    stop signal, write what the ascent had reached, marked partial, before passing the stop on."""
+    cfg = plan.cfg
+    progress = Progress(len(plan.filters), cfg.iters)
+    on_step = progress if live is None else _both(progress, live)
+    gif_filter = (plan.filters[0] if cfg.gif_filter is None else cfg.gif_filter) if cfg.save_gif else None
+    ascent = Ascent(plan.cut.extractor, plan.recipe, on_step=on_step, gif_filter=gif_filter, **plan.schedule())
+    start, result = time.perf_counter(), None
     try:
-        result = revive_dead(plan, ascend(plan, progress), progress)
+        result = ascent.run(plan.filters)
+        result = revive_dead(plan, result, on_step)
+    except Stopped as stop:
+        reached = result or ascent.partial()
+        if reached is not None:
+            files.write_results(reached, None, f"{plan.title} ({stop}: partial)", results_dir, _resolved(cfg))
+        raise
     finally:
         progress.close()
     outcome = Outcome(result, judge(plan, result), time.perf_counter() - start)
-    files.write_results(result, outcome.quality, plan.title, results_dir, OmegaConf.to_yaml(plan.cfg, resolve=True))
+    files.write_results(result, outcome.quality, plan.title, results_dir, _resolved(cfg))
     return outcome
 
 
-def record(tracker: tracking.Tracker, run_id: str, outcome: Outcome, output_dir: Path) -> None:
-    """Log the run's curves, figures and files to its MLflow run."""
-    result = outcome.result
-    tracker.log_losses(run_id, [files.label(i, result.copies) for i in result.ids], result.losses)
-    tracker.log_values(run_id, **outcome.figures())
-    tracker.log_artifacts(run_id, output_dir / "results")
+def _both(first: StepCallback, second: StepCallback) -> StepCallback:
+    def both(chunk, step, values):
+        first(chunk, step, values)
+        second(chunk, step, values)
+    return both
+
+
+def _resolved(cfg: DictConfig) -> str:
+    return OmegaConf.to_yaml(cfg, resolve=True)
+
+
+def record(tracker: tracking.Tracker, run_id: str, outcome: Optional[Outcome], output_dir: Path) -> None:
+    """Log the run's mean curve, figures and files to its MLflow run (only the files of a stopped one)."""
+    if outcome is not None:
+        tracker.log_values(run_id, **outcome.figures())
+        tracker.log_mean_loss(run_id, outcome.result.losses)
+    if (output_dir / "results").is_dir():
+        tracker.log_artifacts(run_id, output_dir / "results")
     hydra_dir = output_dir / ".hydra"
     if hydra_dir.is_dir():
         tracker.log_artifacts(run_id, hydra_dir, ".hydra")
@@ -217,9 +238,35 @@ def run(cfg: DictConfig, output_dir: Path, run_name: Optional[str] = None, comma
         return JobResult(results_dir, execute(plan, results_dir).figures())
 
     params = tracking.flatten(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
-    tags = {**tracking.provenance_tags(command), "filterviz.filters": ",".join(map(str, plan.filters)),
+    tags = {**provenance.provenance_tags(command), "filterviz.filters": ",".join(map(str, plan.filters)),
             **cfg.tracking.tags}
+    copies = plan.recipe.objective.copies
+    labels = {f: [files.label(ImageId(f, k), copies) for k in range(copies)] for f in plan.filters}
     with tracker.run(run_name or f"{cfg.model.name}-{plan.cut.layer}", params, tags, parent_run_id) as run_id:
-        outcome = execute(plan, results_dir)
-        record(tracker, run_id, outcome, output_dir)
+        live = LiveRun(tracker, run_id, labels, cfg.iters)
+        try:
+            outcome = execute(plan, results_dir, live)
+        except Stopped as stop:
+            _keep(tracker, run_id, live, None, output_dir)
+            tracker.client.set_tag(run_id, "filterviz.partial", "true")
+            print(f"{stop}: run {run_id} ends KILLED with every loss point so far; the images it had reached "
+                  f"are in {results_dir} (partial)", file=sys.stderr)
+            raise
+        except Exception:
+            try:
+                live.close()  # the points computed before the error
+            except Exception:
+                pass  # the error that ended the run is the one to report
+            raise
+        _keep(tracker, run_id, live, outcome, output_dir)
     return JobResult(results_dir, outcome.figures(), run_id, tracker.artifact_uri(run_id), tracker.store.ui_command())
+
+
+def _keep(tracker: tracking.Tracker, run_id: str, live: LiveRun, outcome: Optional[Outcome], output_dir: Path) -> None:
+    """Everything into the store; if the store is gone, say where the results are instead."""
+    try:
+        live.close()
+        record(tracker, run_id, outcome, output_dir)
+    except Exception as e:
+        raise ConfigError(f"lost the MLflow store {tracker.store.uri} during the run ({first_line(e)}): "
+                          f"every result is in {output_dir / 'results'}") from None

@@ -1,9 +1,10 @@
 """`python -m filterviz.reproduce <run id>`: run a past run again and say if the images match.
 
-Re-executes the run from what it logged (Hydra's overrides.yaml, in the directory it ran
-from), records the new run in the same experiment tagged `reproduces=<run id>`, and compares
-the final images bit for bit. Warns first when the code's commit or a library version
-differs from the logged one. Exit code: 0 identical, 1 different or an error.
+Rebuilds the run from its complete logged config (`config_resolved.yaml`: every resolved
+value, so today's defaults do not matter), runs it in the directory it ran from, records the
+new run in the same experiment tagged `reproduces=<run id>` with the verdict, and compares the
+final images bit for bit. Warns first when the code's commit or a library version differs
+from the logged one, and still runs. Exit code: 0 identical, 1 different or an error.
 """
 
 import argparse
@@ -14,15 +15,20 @@ from pathlib import Path
 from typing import List
 
 import numpy as np
-from omegaconf import OmegaConf
+import yaml
 
-from filterviz.recording import tracking
 from filterviz.errors import ConfigError
-from filterviz.recording.settings import is_setting, override_key
+from filterviz.recording import provenance, tracking
 
-def replayed_overrides(logged: List[str]) -> List[str]:
-    """The settings among a run's overrides: where the new run is recorded is reproduce's choice."""
-    return [o for o in logged if is_setting(override_key(o))]
+CONFIG_ARTIFACT = "config_resolved.yaml"
+
+
+def replay_config(recorded: dict, uri: str, experiment: str, run_id: str) -> dict:
+    """The recorded settings as a whole primary config: every value given, none from conf/."""
+    settings = {k: v for k, v in recorded.items() if k != "tracking"}
+    record_to = {"enabled": True, "uri": uri, "experiment": experiment, "tags": {"reproduces": run_id}}
+    return {"defaults": ["filterviz_schema", "_self_"], **settings, "tracking": record_to,
+            "hydra": {"job": {"name": "filterviz"}}}
 
 
 def changed_versions(logged_tags: dict, now: dict) -> List[str]:
@@ -44,40 +50,42 @@ def main(argv: List[str] = None) -> int:
 
 def reproduce(run_id: str, tracking_uri: str = None) -> int:
     tracker, run = tracking.open_run(run_id, tracking_uri)
-    experiment = tracker.client.get_experiment(run.info.experiment_id).name
+    client = tracker.client
+    experiment = client.get_experiment(run.info.experiment_id).name
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            logged = OmegaConf.to_container(
-                OmegaConf.load(tracker.client.download_artifacts(run_id, ".hydra/overrides.yaml", tmp)))
+            recorded = yaml.safe_load(Path(client.download_artifacts(run_id, CONFIG_ARTIFACT, tmp)).read_text())
+            original = np.load(client.download_artifacts(run_id, "images.npy", tmp))
         except Exception:
-            raise ConfigError(f"run {run_id} has no .hydra/overrides.yaml artifact to replay") from None
-        original = np.load(tracker.client.download_artifacts(run_id, "images.npy", tmp))
+            raise ConfigError(f"run {run_id} has no {CONFIG_ARTIFACT} and images.npy to reproduce from") from None
+        for change in changed_versions(run.data.tags, provenance.code_versions()):
+            print(f"warning: {change}; the images may differ", file=sys.stderr)
+        (Path(tmp) / "replay.yaml").write_text(
+            yaml.safe_dump(replay_config(recorded, tracker.store.uri, experiment, run_id), sort_keys=False))
+        cwd = run.data.tags.get("cwd")
+        cwd = cwd if cwd and Path(cwd).is_dir() else None  # relative paths in the config are relative to it
+        print(f"reproducing {run.info.run_name} ({run_id}) from its recorded config, in {cwd or Path.cwd()}")
+        command = [sys.executable, "-m", "filterviz", "--config-dir", tmp, "--config-name", "replay"]
+        if subprocess.run(command, cwd=cwd).returncode != 0:
+            raise ConfigError(f"the rerun of {run_id} failed (see above)")
 
-    for change in changed_versions(run.data.tags, tracking.code_versions()):
-        print(f"warning: {change}; the images may differ", file=sys.stderr)
-
-    cwd = run.data.tags.get("cwd")
-    if not cwd or not Path(cwd).is_dir():
-        cwd = None
-    command = [sys.executable, "-m", "filterviz", *replayed_overrides(logged),
-               f"tracking.uri={tracker.store.uri}", f"tracking.experiment={experiment}",
-               f"+tracking.tags.reproduces={run_id}"]
-    print("reproducing:", " ".join(command[1:]), f"(in {cwd or Path.cwd()})")
-    if subprocess.run(command, cwd=cwd).returncode != 0:
-        raise ConfigError(f"the rerun of {run_id} failed (see above)")
-
-    [new] = tracker.client.search_runs([run.info.experiment_id], f"tags.reproduces = '{run_id}'",
-                                       order_by=["attributes.start_time DESC"], max_results=1)
+    [new] = client.search_runs([run.info.experiment_id], f"tags.reproduces = '{run_id}'",
+                               order_by=["attributes.start_time DESC"], max_results=1)
     with tempfile.TemporaryDirectory() as tmp:
-        again = np.load(tracker.client.download_artifacts(new.info.run_id, "images.npy", tmp))
-    if again.shape == original.shape and np.array_equal(again, original):
+        again = np.load(client.download_artifacts(new.info.run_id, "images.npy", tmp))
+    same_shape = again.shape == original.shape
+    difference = float(np.abs(again - original).max()) if same_shape else float("inf")
+    identical = same_shape and np.array_equal(again, original)
+    client.set_tag(new.info.run_id, "mlflow.runName", f"reproduces {run.info.run_name}")
+    client.set_tag(new.info.run_id, "reproduce.verdict", "identical" if identical else "different")
+    client.set_tag(new.info.run_id, "reproduce.max_pixel_difference", f"{difference:.3g}")
+    if identical:
         print(f"identical: run {new.info.run_id} reproduces {run_id} bit for bit")
         return 0
-    if again.shape != original.shape:
+    if not same_shape:
         print(f"different: images of shape {again.shape}, the run had {original.shape}")
     else:
-        print(f"different: largest pixel difference {np.abs(again - original).max():.3g} "
-              f"(run {new.info.run_id} vs {run_id})")
+        print(f"different: largest pixel difference {difference:.3g} (run {new.info.run_id} vs {run_id})")
     return 1
 
 

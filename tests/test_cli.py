@@ -1,5 +1,9 @@
 """The app as a user runs it: `python -m filterviz ...` in a subprocess, against a temp store."""
 
+import os
+import subprocess
+from contextlib import contextmanager
+
 import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
@@ -92,6 +96,12 @@ BAD_INPUTS = [
     (["model.weights=CORRUPT"], "could not load weights from"),
     (["filters=1-3"], "filters='1-3' is not valid: use an index (3), a list ([0,5,9]), a range (0:16)"),
     (["model=file"], "model=file needs model.path=<your .keras file>"),
+    (["seed=-1"], "seed=-1: a seed is a whole number from 0 to 4294967295"),
+    (["input_size=100000"], "input_size=100000 needs about"),
+    (["layer=block1_conv1", "objective.border=1000"], "objective.border=1000 leaves nothing of block1_conv1's"),
+    (["param.decay=fast"], "param.decay: Value 'fast' of type 'str' could not be converted to Float"),
+    (["optimized_metric=beauty"], "optimized_metric=beauty: not a figure of a run"),
+    (["tracking.uri=sqlite:////proc/no/store.db"], "cannot make the MLflow store's folder /proc/no"),
 ]
 
 
@@ -119,3 +129,53 @@ def test_a_wrong_type_fails_in_hydra_with_its_own_message(tmp_path):
     assert proc.returncode == 1
     assert "Value 'abc' of type 'str' could not be converted to Integer" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_store_problems_are_one_line_and_change_nothing(recorded, tmp_path):
+    cwd, uri, client, run, _ = recorded
+    args = ["iters=1", "input_size=16", "layer=block1_conv1", f"model.weights={WEIGHTS}"]
+    gone = client.create_experiment("gone")
+    client.delete_experiment(gone)
+    proc = run_cli(*args, "tracking.experiment=gone", cwd=cwd, env={"MLFLOW_TRACKING_URI": ""})
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip() == (f"error: experiment 'gone' is deleted in {uri}: restore it (mlflow experiments "
+                                   f"restore --experiment-id {gone}) or choose another tracking.experiment")
+
+    store_dir = cwd / "mlruns"
+    with read_only(store_dir / "mlflow.db", store_dir):  # SQLite also writes a journal beside the file
+        proc = run_cli(*args, cwd=cwd, env={"MLFLOW_TRACKING_URI": ""})
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"error: the MLflow store {uri} is read-only")
+    runs = client.search_runs([run.info.experiment_id])
+    assert [(r.info.run_id, r.info.status) for r in runs] == [(run.info.run_id, "FINISHED")]
+
+
+@contextmanager
+def read_only(*paths):
+    """Really read-only, also for root (CI runs as root): the immutable attribute, else permissions."""
+    if os.geteuid() == 0:
+        if subprocess.run(["chattr", "+i", *map(str, paths)], capture_output=True).returncode != 0:
+            pytest.skip("cannot make the store read-only here (chattr +i refused)")
+        try:
+            yield
+        finally:
+            subprocess.run(["chattr", "-i", *map(str, paths)], check=True)
+        return
+    modes = [p.stat().st_mode for p in paths]
+    for p in paths:
+        p.chmod(0o555 if p.is_dir() else 0o444)
+    try:
+        yield
+    finally:
+        for p, mode in zip(paths, modes):
+            p.chmod(mode)
+
+
+def test_bfloat16_says_when_the_hardware_only_emulates_it(tmp_path):
+    from filterviz.core.hardware import bfloat16_units
+
+    proc = run_cli("precision=bfloat16", "tracking=off", "layer=block1_conv1", "iters=1", "input_size=16",
+                   f"model.weights={WEIGHTS}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    warned = "warning: precision=bfloat16 on hardware without bfloat16 units" in proc.stderr
+    assert warned == (bfloat16_units() is None)

@@ -8,9 +8,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
-from conftest import WEIGHTS, needs_weights, run_cli
+from conftest import ROOT, WEIGHTS, needs_weights, run_cli
 from filterviz.compare import differing_settings
-from filterviz.reproduce import changed_versions, replayed_overrides
+from filterviz.reproduce import changed_versions
 from filterviz.recording.settings import run_name
 from filterviz.recording.sweep import swept
 
@@ -108,16 +108,40 @@ def test_reproduce_gives_the_identical_image_and_tags_the_new_run(parallel_sweep
     assert again.data.params["filters"] == "1" and again.data.params["step_size"] == "10.0"
 
 
-def test_names_comparisons_and_reproductions_share_one_meaning_of_setting():
+def test_names_and_comparisons_share_one_meaning_of_setting():
     from filterviz.recording.settings import is_setting
 
     assert [is_setting(k) for k in ["model.weights", "layer", "param.decay", "tracking.uri", "hydra.run.dir",
                                     "hydra/launcher", "+tracking.tags.note"]] == [True, True, True] + [False] * 4
-    assert replayed_overrides(["layer=b", "tracking.uri=sqlite:///x", "+tracking.tags.reproduces=abc", "iters=3"]) \
-        == ["layer=b", "iters=3"]
     assert changed_versions({"git.commit": "abc", "versions.keras": "3.1"},
                             {"git.commit": "def", "versions.keras": "3.1", "versions.mlflow": "3"}) == [
         "git.commit: run had abc, now def"]
+
+
+@needs_weights
+def test_reproduce_rebuilds_the_run_from_its_full_record_not_todays_defaults(tmp_path):
+    proc = run_cli("layer=block1_conv1", "filters=2", "iters=3", f"model.weights={WEIGHTS}", cwd=tmp_path,
+                   env={"MLFLOW_TRACKING_URI": ""})
+    assert proc.returncode == 0, proc.stderr
+    client, _, [original] = runs_of(tmp_path)
+
+    defaults = ROOT / "conf" / "config.yaml"
+    saved = defaults.read_bytes()
+    changed = saved.replace(b"\ninput_size: 96\n", b"\ninput_size: 40\n").replace(b"\nseed: 0\n", b"\nseed: 3\n")
+    assert changed != saved
+    defaults.write_bytes(changed)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "filterviz.reproduce", original.info.run_id],
+                              cwd=tmp_path, capture_output=True, text=True)
+    finally:
+        defaults.write_bytes(saved)
+    assert proc.returncode == 0, proc.stderr
+    assert f"reproduces {original.info.run_id} bit for bit" in proc.stdout
+    [again] = client.search_runs([original.info.experiment_id], f"tags.reproduces = '{original.info.run_id}'")
+    assert (again.data.params["input_size"], again.data.params["seed"]) == ("96", "0")
+    assert again.data.tags["reproduce.verdict"] == "identical"
+    assert again.data.tags["reproduce.max_pixel_difference"] == "0"
+    assert again.info.run_name == f"reproduces {original.info.run_name}"
 
 
 def test_reproduce_and_compare_refuse_a_missing_store_in_one_line(tmp_path):

@@ -6,13 +6,17 @@ the system packages, starts it and sets that variable.
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
+
+import numpy as np
 
 import pytest
 
@@ -41,13 +45,13 @@ def api(base: str, path: str, body=None, **query):
 
 
 @pytest.fixture
-def server(tmp_path):
+def server_process(tmp_path):
     port = free_port()
     log = open(tmp_path / "server.log", "w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", POSTGRES,
          "--artifacts-destination", str(tmp_path / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1"], stdout=log, stderr=subprocess.STDOUT)
+         "--workers", "1"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:
         for _ in range(120):
@@ -60,11 +64,24 @@ def server(tmp_path):
                 time.sleep(0.5)
         else:
             pytest.fail("mlflow server did not answer in 60 s")
-        yield base
+        yield base, proc
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        stop_group(proc)
         log.close()
+
+
+def stop_group(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
+    """The server and its workers: stopping only the parent leaves a worker serving."""
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        pass
+    proc.wait(timeout=30)
+
+
+@pytest.fixture
+def server(server_process):
+    return server_process[0]
 
 
 def test_a_parallel_sweep_against_a_tracking_server_is_readable_through_rest(server, tmp_path):
@@ -88,3 +105,60 @@ def test_a_parallel_sweep_against_a_tracking_server_is_readable_through_rest(ser
         assert [m["step"] for m in history["metrics"]] == [0, 1, 2]
         files = api(server, "artifacts/list", run_id=run["info"]["run_id"])["files"]
         assert {"grid.png", "images.npy", ".hydra"} <= {f["path"] for f in files}
+
+
+LONG = ["layer=block1_conv1", "filters=0:2", "iters=3000", "input_size=32", f"model.weights={WEIGHTS}",
+        "hydra.run.dir=out"]
+
+
+def start(base: str, experiment: str, cwd) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "filterviz", *LONG, f"tracking.uri={base}",
+                             f"tracking.experiment={experiment}"], cwd=cwd, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "HYDRA_FULL_ERROR": "0"})
+
+
+def running_run_with_points(base: str, experiment: str, proc, at_least: int = 20) -> str:
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        try:
+            experiment_id = api(base, "experiments/get-by-name", experiment_name=experiment)["experiment"][
+                "experiment_id"]
+            for run in api(base, "runs/search", {"experiment_ids": [experiment_id]}).get("runs", []):
+                history = api(base, "metrics/get-history", run_id=run["info"]["run_id"], metric_key="loss/filter_0")
+                if run["info"]["status"] == "RUNNING" and len(history.get("metrics", [])) >= at_least:
+                    return run["info"]["run_id"]
+        except urllib.error.HTTPError:
+            pass  # the experiment is not there yet
+        time.sleep(0.5)
+    pytest.fail("no loss points reached the server while the run ran")
+
+
+def test_a_run_stopped_against_the_team_server_ends_killed_with_every_point(server, tmp_path):
+    experiment = f"stop-{uuid.uuid4().hex[:8]}"
+    proc = start(server, experiment, tmp_path)
+    run_id = running_run_with_points(server, experiment, proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    run = api(server, "runs/get", run_id=run_id)["run"]
+    assert run["info"]["status"] == "KILLED"
+    computed = int(np.isfinite(np.load(tmp_path / "out" / "results" / "losses.npy")[0]).sum())
+    history = api(server, "metrics/get-history", run_id=run_id, metric_key="loss/filter_0")["metrics"]
+    assert sorted(m["step"] for m in history) == list(range(computed))
+
+
+def test_a_server_that_goes_away_mid_run_loses_nothing_computed(server_process, tmp_path):
+    base, server_proc = server_process
+    experiment = f"gone-{uuid.uuid4().hex[:8]}"
+    proc = start(base, experiment, tmp_path)
+    running_run_with_points(base, experiment, proc, at_least=5)
+    stop_group(server_proc, signal.SIGKILL)
+    time.sleep(1)
+    proc.send_signal(signal.SIGTERM)  # the user stops it: the results must still be on disk
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0 and "Traceback" not in err
+    results = tmp_path / "out" / "results"
+    assert f"every result is in {results}" in err.strip().splitlines()[-1]
+    assert (results / "images.npy").is_file() and (results / "PARTIAL").is_file()
+    assert np.isfinite(np.load(results / "losses.npy")[0]).sum() > 5

@@ -20,8 +20,10 @@ from filterviz.core.objectives import Objective
 from filterviz.core.optimizers import L2Step
 from filterviz.core.params import Pixel
 from filterviz.core.transforms import Transforms, image_seeds
+from filterviz.errors import ConfigError
 
-# Called after every step with (chunk's filters, iteration, per-image objective as a tensor).
+# Called after every step with (chunk's filters, step, per-image objective as a tensor); the step
+# counts the iterations spent on those images, a retry's continuing after the first attempt's.
 StepCallback = Callable[[Sequence[int], int, tf.Tensor], None]
 Preprocess = Callable[[tf.Tensor], tf.Tensor]
 
@@ -139,10 +141,11 @@ class Ascent:
 
     def __init__(self, extractor: keras.Model, recipe: Optional[Recipe] = None, *, iters: int, step_size: float,
                  input_size: int, batch_size: int = 16, seed: int = 0, layer: str = "", stream: str = "",
-                 on_step: Optional[StepCallback] = None, gif_filter: Optional[int] = None, gif_frames: int = 40):
+                 on_step: Optional[StepCallback] = None, first_step: int = 0, gif_filter: Optional[int] = None,
+                 gif_frames: int = 40):
         self.extractor, self.recipe = extractor, recipe or Recipe()
         self.iters, self.step_size, self.input_size, self.batch_size = iters, step_size, input_size, batch_size
-        self.seed, self.layer, self.stream, self.on_step = seed, layer, stream, on_step
+        self.seed, self.layer, self.stream, self.on_step, self.first_step = seed, layer, stream, on_step, first_step
         self.gif_filter, self.gif_every = gif_filter, max(1, iters // gif_frames)
         self.done: List[AscentResult] = []
         self._running: Optional[Tuple[List[ImageId], _Compiled, list, list, list]] = None
@@ -188,13 +191,23 @@ class Ascent:
             losses.append(value)  # stays a tensor: no device sync per step
             activations.append(activation)
             if self.on_step is not None:
-                self.on_step(chunk, i, value)
+                self.on_step(chunk, self.first_step + i, value)
         final = self.recipe.param.to_image(compiled.params).numpy()
         if traced is not None:
             frames.append(final[traced])
         self._running = None
-        return AscentResult(ids, final, tf.stack(losses, axis=1).numpy(), tf.stack(activations, axis=1).numpy(),
-                            frames)
+        result = AscentResult(ids, final, tf.stack(losses, axis=1).numpy(), tf.stack(activations, axis=1).numpy(),
+                              frames)
+        _check_finite(result)
+        return result
+
+
+def _check_finite(result: AscentResult) -> None:
+    bad = ~np.isfinite(result.losses) | ~np.isfinite(result.images).all(axis=(1, 2, 3))[:, None]
+    if bad.any():
+        image, step = np.argwhere(bad)[0]
+        raise ConfigError(f"the ascent diverged: filter {result.ids[image].filter}'s objective or image became "
+                          f"NaN or infinite by iteration {step + 1}; try a smaller step_size")
 
 
 def visualize_filters(extractor: keras.Model, filters: Sequence[int], **kwargs) -> AscentResult:
@@ -211,6 +224,7 @@ def retry_dead(extractor: keras.Model, result: AscentResult, attempts: int, *, r
         dead = result.dead_filters()
         if not dead:
             break
-        again = visualize_filters(extractor, dead, recipe=livelier, stream=f"retry{attempt}", **kwargs)
+        again = visualize_filters(extractor, dead, recipe=livelier, stream=f"retry{attempt}",
+                                  first_step=attempt * kwargs["iters"], **kwargs)
         result = result.replaced_by(again)
     return result

@@ -1,5 +1,6 @@
 """Load a network and cut it at the convolution layer whose filters we visualise."""
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
@@ -122,6 +123,19 @@ def check_input_size(cut: LayerCut, size: int, largest: int = 1024) -> None:
         mid = (lo + hi) // 2
         lo, hi = (lo, mid) if _reaches_layer(cut, mid) else (mid, hi)
     raise ConfigError(f"input_size={size} is too small for layer {cut.layer}: the minimum is {hi}")
+
+
+def check_memory(cut: LayerCut, size: int, batch: int, available: int) -> None:
+    """Refuse, before allocating, a batch whose activations and their gradients cannot fit in
+    `available` bytes (the forward pass keeps every layer's output for the backward pass)."""
+    outputs = [layer.output for layer in cut.extractor.layers[1:]]
+    shapes = keras.Model(cut.extractor.inputs, outputs).compute_output_shape((1, size, size, cut.channels))
+    per_image = 4 * 2 * sum(math.prod(shape[1:]) for shape in shapes)  # float32, value and gradient
+    need = per_image * batch
+    if need > available:
+        raise ConfigError(f"input_size={size} needs about {need / 2**30:.3g} GiB for a batch of {batch} image(s) "
+                          f"at {cut.layer}, more than the {available / 2**30:.3g} GiB this machine can give: "
+                          "use a smaller input_size or batch_size")
 
 
 def activation_map(cut: LayerCut, size: int) -> tuple:

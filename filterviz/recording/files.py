@@ -4,9 +4,12 @@
     grid.png, loss_curve.png      every image in one figure; the objective per iteration
     images.npy, filters.npy, losses.npy, final_activations.npy, config_resolved.yaml
     ascent.gif                    one filter's ascent, when asked for
+    PARTIAL                       only in a stopped run's folder: the images are where the ascent
+                                  had got to (losses.npy is NaN where steps did not run)
 """
 
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -24,9 +27,13 @@ def png_name(image_id: ImageId, copies: int) -> str:
     return f"filter_{image_id.filter:04d}" + (f"_{image_id.copy}" if copies > 1 else "") + ".png"
 
 
-def write_results(result: AscentResult, figures: Quality, title: str, out: Path, resolved_config: str) -> None:
-    """Everything a run produces, as files: per-filter PNGs, grid, loss curves, raw arrays, config."""
+def write_results(result: AscentResult, figures: Optional[Quality], title: str, out: Path,
+                  resolved_config: str) -> None:
+    """Everything a run produces, as files: per-filter PNGs, grid, loss curves, raw arrays, config
+    (no quality figures for a stopped run, which is marked PARTIAL)."""
     (out / "images").mkdir(parents=True, exist_ok=True)
+    if not result.complete:
+        (out / "PARTIAL").write_text(f"{title}: the ascent was stopped; these images are where it had got to\n")
     copies = result.copies
     labels = [label(i, copies) for i in result.ids]
     for image_id, image in zip(result.ids, result.images):
@@ -38,5 +45,6 @@ def write_results(result: AscentResult, figures: Quality, title: str, out: Path,
     np.save(out / "images.npy", result.images)
     np.save(out / "filters.npy", np.asarray(result.filters))
     np.save(out / "losses.npy", result.losses)
-    np.save(out / "final_activations.npy", figures.final_activation)
+    if figures is not None:
+        np.save(out / "final_activations.npy", figures.final_activation)
     (out / "config_resolved.yaml").write_text(resolved_config)

@@ -52,13 +52,26 @@ def swept(overrides: List[str]) -> List[str]:
     return [o.input_line for o in parsed if o.is_sweep_override()]
 
 
+_running: Optional[SweepRecord] = None  # the sweep this process launched, until it ends
+
+
+def end_stopped_sweep(stop: BaseException) -> None:
+    """A stop signal reached the launching process: end its sweep's parent run KILLED."""
+    if _running is not None:
+        from filterviz.recording import tracking
+
+        tracking.Tracker(tracking.Store(_running.uri, None), _running.experiment).end_parent(
+            _running.parent_run_id, failed=0, stopped=str(stop))
+
+
 class MlflowSweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        global _running
         sweep_dir = Path(config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         if not config.tracking.enabled:
             return
-        from filterviz.recording import tracking  # MLflow only when tracking
+        from filterviz.recording import provenance, tracking  # MLflow only when tracking
         from filterviz.console import import_tensorflow_quietly
 
         import_tensorflow_quietly()  # provenance_tags reads its version
@@ -70,11 +83,13 @@ class MlflowSweepCallback(Callback):
         tracker = tracking.Tracker(tracking.resolve_store(config.tracking.uri), config.tracking.experiment)
         command = " ".join(["python", "-m", "filterviz", *sys.argv[1:]])
         parent = tracker.start_parent(" ".join(sweeping) or "sweep", {
-            **tracking.provenance_tags(command), "filterviz.sweep_dir": str(sweep_dir.resolve())})
+            **provenance.provenance_tags(command), "filterviz.sweep_dir": str(sweep_dir.resolve())})
         record = SweepRecord(tracker.store.uri, config.tracking.experiment, parent, keys)
         (sweep_dir / RECORD).write_text(json.dumps(asdict(record)))
+        _running = record
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        global _running
         sweep_dir = Path(config.hydra.sweep.dir)
         failures = sorted(sweep_dir.glob(f"*/{ERROR_FILE}"), key=lambda p: _job_order(p.parent.name))
         record = read_record(sweep_dir)
@@ -86,6 +101,7 @@ class MlflowSweepCallback(Callback):
             if multirun_yaml.is_file():
                 tracker.client.log_artifact(record.parent_run_id, str(multirun_yaml))
             tracker.end_parent(record.parent_run_id, failed=len(failures))
+            _running = None
             print(f"sweep recorded as MLflow run {record.parent_run_id}; see it: {tracker.store.ui_command()}")
         if failures:
             print(f"error: {len(failures)} job(s) of the sweep failed:", file=sys.stderr)

@@ -1,30 +1,40 @@
 """Record runs in MLflow: where the store is, and what one run logs.
 
 Uses an explicit MlflowClient (no global MLflow state), so a library caller or a test can
-point at any store without side effects.
+point at any store without side effects. Every run carries its owner (host, process id and
+start time) and a heartbeat; opening the store ends runs whose owner is gone (`reap`).
 """
 
+import fcntl
+import logging
 import os
-import subprocess
-import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Mapping, Optional, Tuple
 
-import mlflow
 import numpy as np
 from mlflow.entities import Metric, Param, Run, RunStatus
 from mlflow.tracking import MlflowClient
-from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_PARENT_RUN_ID
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
-from filterviz.errors import ConfigError, first_line
+from filterviz.errors import ConfigError, Stopped, first_line
+from filterviz.recording.owners import owner_gone, owner_tags
 
 DEFAULT_STORE_DIR = "mlruns"
 MAX_BATCH = 1000  # MLflow's limit of entities per log_batch call
 MAX_PARAMS = 100  # and of params per call
 SWEEP_TAG = "filterviz.sweep"
+# MLflow retries an unreachable server for minutes by default; say so within seconds instead.
+# MLflow logs "Creating initial ... tables" on a new store, and every database error with its
+# traceback; filterviz says what went wrong with the store in one line (store_error).
+# The same for a tracking server that went away while points were being sent in the background.
+for _logger in ("mlflow.store.db.utils", "mlflow.utils.async_logging.async_logging_queue"):
+    logging.getLogger(_logger).setLevel(logging.CRITICAL)
+for _name, _value in {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                      "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}.items():
+    os.environ.setdefault(_name, _value)
 
 
 @dataclass(frozen=True)
@@ -52,8 +62,26 @@ def resolve_store(uri: Optional[str] = None, must_exist: bool = False) -> Store:
     db = Path(uri[len("sqlite:///") :]).expanduser().resolve()
     if must_exist and not db.is_file():
         raise ConfigError(f"no MLflow store at {db}: pass --tracking-uri or set MLFLOW_TRACKING_URI")
-    db.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        db.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"cannot make the MLflow store's folder {db.parent} ({e.strerror}): "
+                          "set tracking.uri to a writable place") from None
     return Store(f"sqlite:///{db}", (db.parent / "artifacts").as_uri())
+
+
+@contextmanager
+def _store_lock(store: Store) -> Iterator[None]:
+    """Creating or migrating a SQLite store from two processes at once corrupts it: one at a time."""
+    if not store.uri.startswith("sqlite:///"):
+        yield
+        return
+    with open(store.uri[len("sqlite:///") :] + ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def open_run(run_id: str, uri: Optional[str] = None) -> Tuple["Tracker", Run]:
@@ -73,61 +101,90 @@ class Tracker:
     def __init__(self, store: Store, experiment: str):
         self.store = store
         try:
-            self.client = MlflowClient(tracking_uri=store.uri)
-            found = self.client.get_experiment_by_name(experiment)
-            self.experiment_id = (
-                found.experiment_id
-                if found is not None
-                else self.client.create_experiment(experiment, artifact_location=store.artifact_location)
-            )
+            with _store_lock(store):
+                self.client = MlflowClient(tracking_uri=store.uri)
+                found = self.client.get_experiment_by_name(experiment)
+                if found is None:
+                    self.experiment_id = self.client.create_experiment(
+                        experiment, artifact_location=store.artifact_location)
+                else:
+                    self.experiment_id = found.experiment_id
         except Exception as e:
-            raise ConfigError(f"could not open the MLflow store {store.uri}: {first_line(e)}") from None
+            raise store_error(store, e) from None
+        if found is not None and found.lifecycle_stage == "deleted":
+            raise ConfigError(f"experiment {experiment!r} is deleted in {store.uri}: restore it "
+                              f"(mlflow experiments restore --experiment-id {found.experiment_id}) "
+                              "or choose another tracking.experiment")
+        self.reap()
+
+    def reap(self) -> List[str]:
+        """End as FAILED the runs of this experiment left RUNNING by a process that is gone: on this
+        host, one that no longer exists; elsewhere, one whose heartbeat stopped STALE_SECONDS ago."""
+        try:
+            running = self.client.search_runs([self.experiment_id], "attributes.status = 'RUNNING'")
+        except Exception as e:
+            raise store_error(self.store, e) from None
+        ended = []
+        for run in running:
+            reason = owner_gone(run.data.tags)
+            if reason:
+                self._end(run.info.run_id, RunStatus.FAILED, reason)
+                ended.append(run.info.run_id)
+        return ended
 
     @contextmanager
     def run(self, name: Optional[str], params: Mapping[str, str], tags: Mapping[str, str],
             parent_run_id: Optional[str] = None) -> Iterator[str]:
         """Create a run and yield its id; it ends FINISHED, or FAILED with the error recorded."""
-        tags = dict(tags)
+        tags = {**tags, **owner_tags()}
         if parent_run_id:
             tags[MLFLOW_PARENT_RUN_ID] = parent_run_id  # shown nested under the sweep in the UI
-        run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
-        run_id = run.info.run_id
         try:
+            run_id = self.client.create_run(self.experiment_id, run_name=name, tags=tags).info.run_id
             items = [Param(k, v) for k, v in params.items()]
             for i in range(0, len(items), MAX_PARAMS):
                 self.client.log_batch(run_id, params=items[i : i + MAX_PARAMS])
+        except Exception as e:
+            raise store_error(self.store, e) from None
+        try:
             yield run_id
-        except KeyboardInterrupt:
-            self._end(run_id, RunStatus.KILLED, "interrupted by the user")
+        except (KeyboardInterrupt, Stopped) as e:
+            self._end(run_id, RunStatus.KILLED, str(e) or "interrupted by the user")
             raise
         except BaseException as e:
-            self._end(run_id, RunStatus.FAILED, f"{type(e).__name__}: {first_line(e)}")
+            self._end(run_id, RunStatus.FAILED, f"{type(e).__name__}: {first_line(e)}" if not isinstance(
+                e, ConfigError) else str(e))
             raise
-        self.client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
+        try:
+            self.client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
+        except Exception as e:
+            raise store_error(self.store, e) from None
 
     def start_parent(self, name: str, tags: Mapping[str, str]) -> str:
         """The run a sweep's jobs hang under; ended by `end_parent`."""
-        return self.client.create_run(self.experiment_id, run_name=name, tags={**tags, SWEEP_TAG: "parent"}).info.run_id
+        tags = {**tags, **owner_tags(), SWEEP_TAG: "parent"}
+        return self.client.create_run(self.experiment_id, run_name=name, tags=tags).info.run_id
 
-    def end_parent(self, run_id: str, failed: int) -> None:
-        if failed:
+    def end_parent(self, run_id: str, failed: int, stopped: str = "") -> None:
+        if stopped:
+            self._end(run_id, RunStatus.KILLED, stopped)
+        elif failed:
             self._end(run_id, RunStatus.FAILED, f"{failed} job(s) failed")
         else:
             self.client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
 
     def _end(self, run_id: str, status: int, error: str) -> None:
-        self.client.set_tag(run_id, "error", error[:5000])
-        self.client.set_terminated(run_id, RunStatus.to_string(status))
+        """Best effort: a store that is gone must not hide the error that ended the run."""
+        try:
+            self.client.set_tag(run_id, "error", error[:5000])
+            self.client.set_terminated(run_id, RunStatus.to_string(status))
+        except Exception:
+            pass
 
-    def log_losses(self, run_id: str, filters: Sequence[int], losses: np.ndarray) -> None:
-        """Per-iteration loss of each filter and their mean, step = iteration, in few calls."""
+    def log_mean_loss(self, run_id: str, losses: np.ndarray) -> None:
+        """The mean over images of the objective at each iteration (step = iteration)."""
         now = int(time.time() * 1000)
-        series = {f"loss/filter_{f}": curve for f, curve in zip(filters, losses)}
-        series["loss/mean"] = losses.mean(axis=0)
-        metrics = [
-            Metric(key, float(value), now, step) for key, curve in series.items() for step, value in enumerate(curve)
-        ]
-        self.log_metrics(run_id, metrics)
+        self.log_metrics(run_id, [Metric("loss/mean", float(v), now, step) for step, v in enumerate(losses.mean(axis=0))])
 
     def log_values(self, run_id: str, **values: float) -> None:
         """Scalar metrics of the whole run."""
@@ -145,6 +202,18 @@ class Tracker:
         return self.client.get_run(run_id).info.artifact_uri
 
 
+def store_error(store: Store, e: BaseException) -> ConfigError:
+    """What went wrong with the store, in one line that says what to do."""
+    text = first_line(e)
+    if "readonly database" in str(e) or "read-only file system" in str(e):
+        return ConfigError(f"the MLflow store {store.uri} is read-only: make it writable, or set tracking.uri "
+                           "to another store")
+    if store.uri.startswith(("http://", "https://")):
+        return ConfigError(f"the MLflow server {store.uri} does not answer ({text}): start it, or set "
+                           "tracking.uri to a reachable one")
+    return ConfigError(f"could not use the MLflow store {store.uri}: {text}")
+
+
 def flatten(config: Mapping, prefix: str = "") -> Dict[str, str]:
     """Nested config to MLflow params with dotted keys (log_params does not flatten)."""
     flat: Dict[str, str] = {}
@@ -155,48 +224,3 @@ def flatten(config: Mapping, prefix: str = "") -> Dict[str, str]:
         else:
             flat[name] = str(value)
     return flat
-
-
-def code_versions() -> Dict[str, str]:
-    """The code and library versions a run's result depends on."""
-    import keras
-    import tensorflow as tf
-
-    commit, dirty = _git_state(Path(__file__).resolve().parent)
-    return {
-        "git.commit": commit,
-        "git.dirty": dirty,
-        "versions.tensorflow": tf.__version__,
-        "versions.keras": keras.__version__,
-        "versions.mlflow": mlflow.__version__,
-        "versions.python": sys.version.split()[0],
-    }
-
-
-def provenance_tags(command: str) -> Dict[str, str]:
-    """What produced a run: code_versions(), the command line and its working directory."""
-    versions = code_versions()
-    commit = versions["git.commit"]
-    tags = {
-        **versions,
-        "command": command,
-        "cwd": os.getcwd(),  # relative paths in the overrides are relative to it
-    }
-    if commit != "unknown":
-        tags[MLFLOW_GIT_COMMIT] = commit  # shown by the MLflow UI
-    return tags
-
-
-def _git_state(source_dir: Path) -> tuple:
-    def git(*args: str) -> str:
-        return subprocess.run(
-            ["git", "-C", str(source_dir), *args], capture_output=True, text=True, check=True, timeout=10
-        ).stdout.strip()
-
-    try:
-        commit = git("rev-parse", "HEAD")
-        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
-    except (OSError, subprocess.SubprocessError):
-        return "unknown", "unknown"
-    return commit, str(dirty).lower()
-

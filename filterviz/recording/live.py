@@ -1,0 +1,64 @@
+"""A run's record while it runs: loss points streamed to MLflow, and a heartbeat.
+
+Points are buffered per step as tensors (no device sync on the ascent's path) and sent with
+MLflow's asynchronous `log_batch` whenever a tenth of a batch's iterations has passed or
+`EVERY_SECONDS` since the last send, each with the time its step finished. A daemon thread
+refreshes the run's heartbeat tag, by which a later command tells a run whose process died.
+"""
+
+import threading
+import time
+from typing import Dict, List, Sequence
+
+import numpy as np
+from mlflow.entities import Metric
+
+from filterviz.recording.owners import HEARTBEAT_SECONDS, HEARTBEAT_TAG
+from filterviz.recording.tracking import MAX_BATCH, Tracker
+
+EVERY_SECONDS = 10.0
+
+
+class LiveRun:
+    """A step callback of the ascent: streams each image's objective as `loss/filter_<label>`
+    (step = iterations spent on that image, retries continuing after the first attempt)."""
+
+    def __init__(self, tracker: Tracker, run_id: str, labels: Dict[int, List[str]], iters: int):
+        self.tracker, self.run_id, self.labels = tracker, run_id, labels  # filter -> its images' labels
+        self.every = max(1, iters // 10)
+        self.pending: List[tuple] = []  # (labels, step, tensor, ms)
+        self.last_send = time.monotonic()
+        self.operations = []
+        self.stopped = threading.Event()
+        threading.Thread(target=self._beat, name="filterviz-heartbeat", daemon=True).start()
+
+    def __call__(self, chunk: Sequence[int], step: int, values) -> None:
+        self.pending.append(([label for f in chunk for label in self.labels[f]], step, values,
+                             int(time.time() * 1000)))
+        if (step + 1) % self.every == 0 or time.monotonic() - self.last_send >= EVERY_SECONDS:
+            self.send()
+
+    def send(self) -> None:
+        metrics = [Metric(f"loss/filter_{label}", float(value), ms, step)
+                   for labels, step, values, ms in self.pending
+                   for label, value in zip(labels, np.asarray(values))]
+        self.pending, self.last_send = [], time.monotonic()
+        for i in range(0, len(metrics), MAX_BATCH):
+            self.operations.append(
+                self.tracker.client.log_batch(self.run_id, metrics=metrics[i : i + MAX_BATCH], synchronous=False))
+
+    def close(self) -> None:
+        """Stop the heartbeat, send what is buffered and wait until every point is in the store
+        (raises what the store said if it is not)."""
+        self.stopped.set()
+        self.send()
+        operations, self.operations = self.operations, []
+        for operation in operations:
+            operation.wait()
+
+    def _beat(self) -> None:
+        while not self.stopped.wait(HEARTBEAT_SECONDS):
+            try:
+                self.tracker.client.set_tag(self.run_id, HEARTBEAT_TAG, str(int(time.time())))
+            except Exception:
+                pass  # a store that went away is reported when the run closes

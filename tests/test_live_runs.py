@@ -1,0 +1,134 @@
+"""Runs watched while they run and stopped as users stop them: real processes, a real store."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import WEIGHTS, needs_weights, run_cli
+
+pytestmark = needs_weights
+LONG = ["layer=block1_conv1", "filters=0:2", "iters=3000", "input_size=32", f"model.weights={WEIGHTS}"]
+
+
+def start(*overrides: str, cwd: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "filterviz", *overrides], cwd=cwd, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "HYDRA_FULL_ERROR": "0", "MLFLOW_TRACKING_URI": ""})
+
+
+def store(cwd: Path) -> MlflowClient:
+    return MlflowClient(tracking_uri=f"sqlite:///{cwd / 'mlruns' / 'mlflow.db'}")
+
+
+def runs(client: MlflowClient):
+    experiment = client.get_experiment_by_name("filterviz")
+    return client.search_runs([experiment.experiment_id]) if experiment else []
+
+
+def wait_for_points(client: MlflowClient, proc: subprocess.Popen, key: str = "loss/filter_0", at_least: int = 20):
+    """Poll the store until a RUNNING run of the live process has `at_least` points of `key`."""
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        for run in runs(client) if (Path(client.tracking_uri[len("sqlite:///"):]).exists()) else []:
+            if run.info.status == "RUNNING" and len(client.get_metric_history(run.info.run_id, key)) >= at_least:
+                return run
+        time.sleep(0.5)
+    pytest.fail("no loss points reached the store while the run ran")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=lambda s: s.name)
+def test_a_stop_signal_ends_the_run_killed_keeping_every_point_and_the_images_so_far(tmp_path, signum):
+    proc = start(*LONG, "hydra.run.dir=out", cwd=tmp_path)
+    client = store(tmp_path)
+    live = wait_for_points(client, proc)
+    streamed = client.get_metric_history(live.info.run_id, "loss/filter_0")
+    assert len({m.timestamp for m in streamed}) > 1, "each point carries the time of its step"
+
+    sent = time.monotonic()
+    proc.send_signal(signum)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signum, err
+    assert time.monotonic() - sent < 20
+    assert "Traceback" not in err and f"stopped by {signum.name}" in err
+
+    run = client.get_run(live.info.run_id)
+    assert run.info.status == "KILLED" and run.data.tags["error"] == f"stopped by {signum.name}"
+    assert run.data.tags["filterviz.partial"] == "true"
+    losses = np.load(tmp_path / "out" / "results" / "losses.npy")
+    computed = int(np.isfinite(losses[0]).sum())
+    assert 0 < computed < 3000
+    kept = client.get_metric_history(run.info.run_id, "loss/filter_0")
+    assert sorted(m.step for m in kept) == list(range(computed)), "every point computed, none twice"
+    np.testing.assert_allclose(sorted(kept, key=lambda m: m.step)[-1].value, losses[0, computed - 1], rtol=1e-6)
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"PARTIAL", "images.npy", "grid.png", "images"} <= artifacts
+    assert not np.allclose(np.load(tmp_path / "out" / "results" / "images.npy"), 0.5)
+
+
+def test_a_sweep_stopped_ends_the_running_job_and_its_parent_killed(tmp_path):
+    proc = start("-m", "layer=block1_conv1", "filters=0,1", "iters=3000", "input_size=32", f"model.weights={WEIGHTS}",
+                 cwd=tmp_path)
+    client = store(tmp_path)
+    wait_for_points(client, proc, at_least=5)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    every = runs(client)
+    parents = [r for r in every if r.data.tags.get("filterviz.sweep") == "parent"]
+    children = [r for r in every if r.data.tags.get("filterviz.sweep") != "parent"]
+    assert [p.info.status for p in parents] == ["KILLED"]
+    assert [c.info.status for c in children] == ["KILLED"], "the second job never started"
+
+
+def test_a_run_killed_outright_is_ended_failed_by_the_next_command(tmp_path):
+    finished = run_cli(*LONG[:3], "iters=1", "input_size=16", LONG[-1], cwd=tmp_path, env={"MLFLOW_TRACKING_URI": ""})
+    assert finished.returncode == 0, finished.stderr
+    proc = start(*LONG, cwd=tmp_path)
+    client = store(tmp_path)
+    victim = wait_for_points(client, proc, at_least=1)
+    proc.kill()
+    proc.wait()
+    assert client.get_run(victim.info.run_id).info.status == "RUNNING", "nothing could end it"
+
+    again = run_cli(*LONG[:3], "iters=1", "input_size=16", LONG[-1], cwd=tmp_path, env={"MLFLOW_TRACKING_URI": ""})
+    assert again.returncode == 0, again.stderr
+    statuses = {r.info.run_id: r.info.status for r in runs(client)}
+    assert statuses[victim.info.run_id] == "FAILED"
+    assert f"its process {proc.pid}" in client.get_run(victim.info.run_id).data.tags["error"]
+    assert sorted(statuses.values()) == ["FAILED", "FINISHED", "FINISHED"], "nothing else changes"
+
+
+def test_runs_started_together_on_a_fresh_store_all_finish(tmp_path):
+    procs = [start("layer=block1_conv1", f"filters={f}", "iters=2", "input_size=16", f"model.weights={WEIGHTS}",
+                   f"hydra.run.dir=out{f}", cwd=tmp_path) for f in range(3)]
+    results = [(p.wait(timeout=300), p.communicate()[1]) for p in procs]
+    assert [code for code, _ in results] == [0, 0, 0], results
+    assert sorted(r.info.status for r in runs(store(tmp_path))) == ["FINISHED"] * 3
+
+
+def test_an_unreachable_tracking_server_is_one_line_naming_it_before_the_model_loads(tmp_path):
+    began = time.monotonic()
+    proc = run_cli("tracking.uri=http://127.0.0.1:9", "iters=1", f"model.weights={WEIGHTS}", cwd=tmp_path)
+    seconds = time.monotonic() - began
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: the MLflow server http://127.0.0.1:9 does not answer")
+    assert "vgg16" not in proc.stdout, "the model never loads"
+    assert seconds < 30, f"MLflow's own retries are bounded (took {seconds:.0f} s)"
+
+
+def test_a_diverging_ascent_fails_and_says_why(tmp_path):
+    proc = run_cli("experiment=seed", "step_size=1e38", "layer=block1_conv1", "iters=5", "input_size=16",
+                   f"model.weights={WEIGHTS}", cwd=tmp_path, env={"MLFLOW_TRACKING_URI": ""})
+    assert proc.returncode == 1
+    assert proc.stderr.strip().startswith("error: the ascent diverged: filter 0's objective or image became NaN")
+    [run] = runs(store(tmp_path))
+    assert run.info.status == "FAILED" and "diverged" in run.data.tags["error"]
