@@ -94,6 +94,7 @@ def hydra_main(cfg: DictConfig) -> float:
     if result.run_id:
         print(f"MLflow run: {result.run_id}  (artifacts: {result.artifact_uri})")
         print(f"see it:     {result.ui_command}")
+        print(f"            then open {result.run_url}")
     return result.figures[cfg.optimized_metric]
 
 

@@ -42,6 +42,7 @@ class JobResult:
     run_id: Optional[str] = None
     artifact_uri: Optional[str] = None
     ui_command: Optional[str] = None
+    run_url: Optional[str] = None  # the run's pictures in the MLflow UI
 
 
 @dataclass
@@ -178,14 +179,15 @@ def judge(plan: Plan, result: AscentResult) -> quality.Quality:
     return figures
 
 
-def execute(plan: Plan, results_dir: Path, live: Optional[StepCallback] = None) -> Outcome:
+def execute(plan: Plan, results_dir: Path, live: Optional[LiveRun] = None) -> Outcome:
     """Ascend, revive dead filters, judge the pictures and write them with everything else. On a
     stop signal, write what the ascent had reached, marked partial, before passing the stop on."""
     cfg = plan.cfg
     progress = Progress(len(plan.filters), cfg.iters)
     on_step = progress if live is None else _both(progress, live)
     gif_filter = (plan.filters[0] if cfg.gif_filter is None else cfg.gif_filter) if cfg.save_gif else None
-    ascent = Ascent(plan.cut.extractor, plan.recipe, on_step=on_step, gif_filter=gif_filter, **plan.schedule())
+    ascent = Ascent(plan.cut.extractor, plan.recipe, on_step=on_step, gif_filter=gif_filter,
+                    on_snapshot=None if live is None else live.snapshot, **plan.schedule())
     start, result = time.perf_counter(), None
     try:
         result = ascent.run(plan.filters)
@@ -243,7 +245,7 @@ def run(cfg: DictConfig, output_dir: Path, run_name: Optional[str] = None, comma
     copies = plan.recipe.objective.copies
     labels = {f: [files.label(ImageId(f, k), copies) for k in range(copies)] for f in plan.filters}
     with tracker.run(run_name or f"{cfg.model.name}-{plan.cut.layer}", params, tags, parent_run_id) as run_id:
-        live = LiveRun(tracker, run_id, labels, cfg.iters)
+        live = LiveRun(tracker, run_id, labels, cfg.iters, copies)
         try:
             outcome = execute(plan, results_dir, live)
         except Stopped as stop:
@@ -259,7 +261,8 @@ def run(cfg: DictConfig, output_dir: Path, run_name: Optional[str] = None, comma
                 pass  # the error that ended the run is the one to report
             raise
         _keep(tracker, run_id, live, outcome, output_dir)
-    return JobResult(results_dir, outcome.figures(), run_id, tracker.artifact_uri(run_id), tracker.store.ui_command())
+    return JobResult(results_dir, outcome.figures(), run_id, tracker.artifact_uri(run_id), tracker.store.ui_command(),
+                     tracker.run_url(run_id))
 
 
 def _keep(tracker: tracking.Tracker, run_id: str, live: LiveRun, outcome: Optional[Outcome], output_dir: Path) -> None:

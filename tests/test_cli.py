@@ -58,7 +58,7 @@ def test_every_artifact_is_in_the_store(recorded, tmp_path):
     assert run.info.artifact_uri.startswith((cwd / "mlruns").as_uri())
     local = client.download_artifacts(run.info.run_id, "", str(tmp_path))
     names = {p.relative_to(local).as_posix() for p in __import__("pathlib").Path(local).rglob("*") if p.is_file()}
-    expected = {f"images/filter_{f:04d}.png" for f in FILTERS} | {
+    expected = {f"pictures/filter_{f:04d}.png" for f in FILTERS} | {
         "grid.png", "loss_curve.png", "images.npy", "filters.npy", "losses.npy", "config_resolved.yaml",
         ".hydra/config.yaml", ".hydra/overrides.yaml", ".hydra/hydra.yaml"}
     assert expected <= names, expected - names
@@ -81,7 +81,7 @@ def test_tracking_off_writes_images_without_a_store(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert not (tmp_path / "mlruns").exists()
     assert "MLflow run" not in proc.stdout
-    assert list(tmp_path.glob("outputs/*/*/results/images/filter_0000.png"))
+    assert list(tmp_path.glob("outputs/*/*/results/pictures/filter_0000.png"))
 
 
 BAD_INPUTS = [

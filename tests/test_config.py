@@ -68,7 +68,7 @@ def test_a_run_that_breaks_ends_failed_with_the_error_recorded(tmp_path, monkeyp
     def broken(*args, **kwargs):
         raise RuntimeError("out of memory, say")
 
-    monkeypatch.setattr(job, "ascend", broken)
+    monkeypatch.setattr(job.Ascent, "run", broken)
     with pytest.raises(RuntimeError):
         job.run(cfg, tmp_path / "out", run_name="broken")
     client = MlflowClient(tracking_uri=cfg.tracking.uri)

@@ -69,7 +69,7 @@ def test_a_stop_signal_ends_the_run_killed_keeping_every_point_and_the_images_so
     assert sorted(m.step for m in kept) == list(range(computed)), "every point computed, none twice"
     np.testing.assert_allclose(sorted(kept, key=lambda m: m.step)[-1].value, losses[0, computed - 1], rtol=1e-6)
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"PARTIAL", "images.npy", "grid.png", "images"} <= artifacts
+    assert {"PARTIAL", "images.npy", "grid.png", "pictures"} <= artifacts
     assert not np.allclose(np.load(tmp_path / "out" / "results" / "images.npy"), 0.5)
 
 

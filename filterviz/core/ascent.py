@@ -25,6 +25,8 @@ from filterviz.errors import ConfigError
 # Called after every step with (chunk's filters, step, per-image objective as a tensor); the step
 # counts the iterations spent on those images, a retry's continuing after the first attempt's.
 StepCallback = Callable[[Sequence[int], int, tf.Tensor], None]
+# Called with (image ids, step, images as NumPy) at every tenth of a batch's ascent and at its end.
+SnapshotCallback = Callable[[Sequence["ImageId"], int, np.ndarray], None]
 Preprocess = Callable[[tf.Tensor], tf.Tensor]
 
 
@@ -141,12 +143,14 @@ class Ascent:
 
     def __init__(self, extractor: keras.Model, recipe: Optional[Recipe] = None, *, iters: int, step_size: float,
                  input_size: int, batch_size: int = 16, seed: int = 0, layer: str = "", stream: str = "",
-                 on_step: Optional[StepCallback] = None, first_step: int = 0, gif_filter: Optional[int] = None,
+                 on_step: Optional[StepCallback] = None, first_step: int = 0,
+                 on_snapshot: Optional[SnapshotCallback] = None, gif_filter: Optional[int] = None,
                  gif_frames: int = 40):
         self.extractor, self.recipe = extractor, recipe or Recipe()
         self.iters, self.step_size, self.input_size, self.batch_size = iters, step_size, input_size, batch_size
         self.seed, self.layer, self.stream, self.on_step, self.first_step = seed, layer, stream, on_step, first_step
         self.gif_filter, self.gif_every = gif_filter, max(1, iters // gif_frames)
+        self.on_snapshot, self.snapshot_every = on_snapshot, max(1, iters // 10)
         self.done: List[AscentResult] = []
         self._running: Optional[Tuple[List[ImageId], _Compiled, list, list, list]] = None
         self._compiled: Dict[Tuple[int, ...], _Compiled] = {}
@@ -187,6 +191,8 @@ class Ascent:
         for i in range(self.iters):
             if traced is not None and i % self.gif_every == 0:
                 frames.append(self.recipe.param.to_image(compiled.params)[traced].numpy())
+            if self.on_snapshot is not None and i % self.snapshot_every == 0:
+                self.on_snapshot(ids, self.first_step + i, self.recipe.param.to_image(compiled.params).numpy())
             value, activation = compiled.step(indices, seeds_t, tf.constant(i, tf.int32))
             losses.append(value)  # stays a tensor: no device sync per step
             activations.append(activation)
@@ -195,6 +201,8 @@ class Ascent:
         final = self.recipe.param.to_image(compiled.params).numpy()
         if traced is not None:
             frames.append(final[traced])
+        if self.on_snapshot is not None:
+            self.on_snapshot(ids, self.first_step + self.iters, final)
         self._running = None
         result = AscentResult(ids, final, tf.stack(losses, axis=1).numpy(), tf.stack(activations, axis=1).numpy(),
                               frames)

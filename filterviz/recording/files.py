@@ -1,6 +1,7 @@
 """A run's results as files in its output folder: what each file holds and how it is named.
 
-    images/filter_0012.png        one per image (filter_0012_1.png: copy 1, with several copies)
+    pictures/filter_0012.png      one per image (filter_0012_1.png: copy 1, with several copies);
+                                  not images/, which is MLflow's for logged images
     grid.png, loss_curve.png      every image in one figure; the objective per iteration
     images.npy, filters.npy, losses.npy, final_activations.npy, config_resolved.yaml
     ascent.gif                    one filter's ascent, when asked for
@@ -31,13 +32,13 @@ def write_results(result: AscentResult, figures: Optional[Quality], title: str, 
                   resolved_config: str) -> None:
     """Everything a run produces, as files: per-filter PNGs, grid, loss curves, raw arrays, config
     (no quality figures for a stopped run, which is marked PARTIAL)."""
-    (out / "images").mkdir(parents=True, exist_ok=True)
+    (out / "pictures").mkdir(parents=True, exist_ok=True)
     if not result.complete:
         (out / "PARTIAL").write_text(f"{title}: the ascent was stopped; these images are where it had got to\n")
     copies = result.copies
     labels = [label(i, copies) for i in result.ids]
     for image_id, image in zip(result.ids, result.images):
-        images.save_png(image, out / "images" / png_name(image_id, copies))
+        images.save_png(image, out / "pictures" / png_name(image_id, copies))
     images.save_grid(result.images, labels, title, out / "grid.png")
     images.save_loss_curves(result.losses, labels, title, out / "loss_curve.png")
     if result.frames:

@@ -1,9 +1,12 @@
-"""A run's record while it runs: loss points streamed to MLflow, and a heartbeat.
+"""A run's record while it runs: loss points and pictures streamed to MLflow, and a heartbeat.
 
 Points are buffered per step as tensors (no device sync on the ascent's path) and sent with
 MLflow's asynchronous `log_batch` whenever a tenth of a batch's iterations has passed or
 `EVERY_SECONDS` since the last send, each with the time its step finished. A daemon thread
 refreshes the run's heartbeat tag, by which a later command tells a run whose process died.
+Pictures go in with MLflow's image logging (a key per image, the step), so the UI shows each
+filter's ascent with a step slider: every image's final picture, and for the first
+`WATCHED_IMAGES` images a snapshot at every tenth of the ascent.
 """
 
 import threading
@@ -13,19 +16,25 @@ from typing import Dict, List, Sequence
 import numpy as np
 from mlflow.entities import Metric
 
+from filterviz.core.ascent import ImageId
+from filterviz.recording import files
+from filterviz.recording.images import to_display
 from filterviz.recording.owners import HEARTBEAT_SECONDS, HEARTBEAT_TAG
 from filterviz.recording.tracking import MAX_BATCH, Tracker
 
 EVERY_SECONDS = 10.0
+WATCHED_IMAGES = 16
 
 
 class LiveRun:
     """A step callback of the ascent: streams each image's objective as `loss/filter_<label>`
     (step = iterations spent on that image, retries continuing after the first attempt)."""
 
-    def __init__(self, tracker: Tracker, run_id: str, labels: Dict[int, List[str]], iters: int):
+    def __init__(self, tracker: Tracker, run_id: str, labels: Dict[int, List[str]], iters: int,
+                 copies: int = 1):
         self.tracker, self.run_id, self.labels = tracker, run_id, labels  # filter -> its images' labels
-        self.every = max(1, iters // 10)
+        self.copies, self.watched = copies, set()
+        self.iters, self.every = iters, max(1, iters // 10)
         self.pending: List[tuple] = []  # (labels, step, tensor, ms)
         self.last_send = time.monotonic()
         self.operations = []
@@ -38,14 +47,30 @@ class LiveRun:
         if (step + 1) % self.every == 0 or time.monotonic() - self.last_send >= EVERY_SECONDS:
             self.send()
 
+    def snapshot(self, ids: Sequence[ImageId], step: int, pictures: np.ndarray) -> None:
+        """Log pictures by step: the first WATCHED_IMAGES images at every call, the others' last."""
+        final = step % self.iters == 0 and step > 0
+        for image_id, picture in zip(ids, pictures):
+            if len(self.watched) < WATCHED_IMAGES:
+                self.watched.add(image_id)
+            if final or image_id in self.watched:
+                shown = (to_display(picture) * 255).round().astype(np.uint8)
+                self._keep(self.tracker.client.log_image(
+                    self.run_id, shown[..., 0] if shown.shape[-1] == 1 else shown,
+                    key=files.png_name(image_id, self.copies)[: -len(".png")], step=step, synchronous=False))
+
     def send(self) -> None:
         metrics = [Metric(f"loss/filter_{label}", float(value), ms, step)
                    for labels, step, values, ms in self.pending
                    for label, value in zip(labels, np.asarray(values))]
         self.pending, self.last_send = [], time.monotonic()
         for i in range(0, len(metrics), MAX_BATCH):
-            self.operations.append(
-                self.tracker.client.log_batch(self.run_id, metrics=metrics[i : i + MAX_BATCH], synchronous=False))
+            self._keep(self.tracker.client.log_batch(self.run_id, metrics=metrics[i : i + MAX_BATCH],
+                                                     synchronous=False))
+
+    def _keep(self, operation) -> None:
+        if operation is not None:  # None: the store did it at once
+            self.operations.append(operation)
 
     def close(self) -> None:
         """Stop the heartbeat, send what is buffered and wait until every point is in the store

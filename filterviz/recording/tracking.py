@@ -26,6 +26,17 @@ DEFAULT_STORE_DIR = "mlruns"
 MAX_BATCH = 1000  # MLflow's limit of entities per log_batch call
 MAX_PARAMS = 100  # and of params per call
 SWEEP_TAG = "filterviz.sweep"
+# Without the experiment kind, MLflow 3.17 treats an experiment as a GenAI one; the note is
+# the experiment's description in the UI.
+EXPERIMENT_TAGS = {
+    "mlflow.experimentKind": "custom_model_development",
+    "mlflow.note.content": (
+        "filterviz: pictures of what the filters of a convolutional network respond to, made by "
+        "gradient ascent. One run = one layer and some of its filters. Params: the settings that made "
+        "the pictures. Metrics: each image's objective per iteration (loss/filter_<i>), then quality "
+        "figures. Model metrics tab: each filter's picture by step (slider). Artifacts: PNGs, raw "
+        "arrays, the full config; `python -m filterviz.reproduce <run id>` runs it again."),
+}
 # MLflow retries an unreachable server for minutes by default; say so within seconds instead.
 # MLflow logs "Creating initial ... tables" on a new store, and every database error with its
 # traceback; filterviz says what went wrong with the store in one line (store_error).
@@ -106,7 +117,7 @@ class Tracker:
                 found = self.client.get_experiment_by_name(experiment)
                 if found is None:
                     self.experiment_id = self.client.create_experiment(
-                        experiment, artifact_location=store.artifact_location)
+                        experiment, artifact_location=store.artifact_location, tags=EXPERIMENT_TAGS)
                 else:
                     self.experiment_id = found.experiment_id
         except Exception as e:
@@ -197,6 +208,11 @@ class Tracker:
 
     def log_artifacts(self, run_id: str, local_dir: Path, artifact_path: Optional[str] = None) -> None:
         self.client.log_artifacts(run_id, str(local_dir), artifact_path)
+
+    def run_url(self, run_id: str) -> str:
+        """Where the run's pictures are in the MLflow UI (the runs view of an ML experiment)."""
+        base = self.store.uri if self.store.uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+        return f"{base}/#/experiments/{self.experiment_id}/runs/{run_id}/model-metrics?workflowType=machine_learning"
 
     def artifact_uri(self, run_id: str) -> str:
         return self.client.get_run(run_id).info.artifact_uri
