@@ -3,7 +3,7 @@
 A wrong type in an override (``iters=abc``) fails in Hydra with its own message. The
 technique groups (`param`, `transforms`, `objective`, `optimizer`) name the class they build
 with `_target_`; their values are typed against that class when the job builds it
-(`job.build`), so the schema does not repeat them. Values live in conf/config.yaml and the
+(`groups.build`), so the schema does not repeat them. Values live in conf/config.yaml and the
 group files, not here. `check_ranges` says what types cannot, before TensorFlow is imported.
 """
 

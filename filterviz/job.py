@@ -9,19 +9,15 @@ Glue between the config (OmegaConf), the ascent core and the recording layer. Hy
 stays in `__main__`, so this can be driven from a test or a notebook with a composed config.
 """
 
-import dataclasses
-import inspect
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional
 
-import hydra.utils
 import keras
 import tensorflow as tf
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import ValidationError
 
 from filterviz.console import Progress
 from filterviz.core import hardware, models, quality
@@ -29,11 +25,9 @@ from filterviz.core.ascent import Ascent, AscentResult, ImageId, Recipe, StepCal
 from filterviz.core.filters import parse_filters
 from filterviz.config import check_ranges
 from filterviz.errors import ConfigError, Stopped, first_line
+from filterviz.groups import GROUPS, build
 from filterviz.recording import files, provenance, tracking
 from filterviz.recording.live import LiveRun
-
-GROUPS = ("param", "transforms", "objective", "optimizer")  # the technique groups, each a `_target_`
-
 
 @dataclass
 class JobResult:
@@ -92,38 +86,6 @@ def check_settings(cfg: DictConfig) -> None:
     if cfg.optimized_metric not in RUN_FIGURES and not per_image:
         raise ConfigError(f"optimized_metric={cfg.optimized_metric}: not a figure of a run; use one of "
                           f"{', '.join(RUN_FIGURES)} (or a per-filter one, e.g. robustness/filter_0)")
-
-
-def build(cfg: DictConfig, group: str):
-    """The object a technique group's `_target_` names, its values typed against that class first,
-    so a wrong value fails in one line naming the key instead of deep inside TensorFlow."""
-    node = cfg[group]
-    target = hydra.utils.get_object(node._target_)
-    _check_types(group, target, {k: v for k, v in node.items() if not k.startswith("_")})
-    try:
-        return hydra.utils.instantiate(node)
-    except Exception as e:
-        cause = e.__cause__ or e
-        raise (cause if isinstance(cause, ConfigError) else ConfigError(f"{group}: {first_line(cause)}")) from None
-
-
-def _check_types(group: str, target, values: dict) -> None:
-    """A dataclass by its field types (OmegaConf's own check); another class, such as a Keras
-    optimizer, by the types of its numeric and boolean defaults."""
-    if dataclasses.is_dataclass(target):
-        try:
-            OmegaConf.merge(OmegaConf.structured(target), values)
-        except ValidationError as e:
-            raise ConfigError(f"{group}.{e.full_key}: {first_line(e)}") from None
-        return
-    for name, parameter in inspect.signature(target).parameters.items():
-        default, value = parameter.default, values.get(name)
-        if value is None or not isinstance(default, (bool, int, float)):
-            continue
-        numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if (isinstance(value, bool) if isinstance(default, bool) else numeric) is False:
-            raise ConfigError(f"{group}.{name}={value!r}: expected a {type(default).__name__} "
-                              f"(default {default})")
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:

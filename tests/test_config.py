@@ -93,9 +93,9 @@ def test_group_choices_are_checked_in_one_line_before_hydra():
     ("param", "pixel", "Pixel"), ("param", "fourier", "Fourier"), ("transforms", "standard", "Transforms"),
     ("objective", "diversity", "Objective"), ("optimizer", "l2_step", "L2Step"), ("optimizer", "adam", "Adam")])
 def test_each_technique_option_builds_the_class_it_names(group, option, cls):
-    from filterviz import job
+    from filterviz import groups
 
-    built = job.build(make_cfg(f"{group}={option}"), group)
+    built = groups.build(make_cfg(f"{group}={option}"), group)
     built = built(learning_rate=0.1) if group == "optimizer" else built
     assert type(built).__name__ == cls
 
@@ -107,11 +107,11 @@ def test_each_technique_option_builds_the_class_it_names(group, option, cls):
     ("optimizer.beta_1=high", "optimizer.beta_1='high': expected a float (default 0.9)"),
 ])
 def test_a_wrong_technique_value_is_one_line_naming_the_key(override, says):
-    from filterviz import job
+    from filterviz import groups
     from filterviz.errors import ConfigError
 
     group = override.split(".")[0]
     with pytest.raises(ConfigError) as e:
-        built = job.build(make_cfg(override), group)
+        built = groups.build(make_cfg(override), group)
         built(learning_rate=0.1)  # a Keras optimizer checks its values when made
     assert says in str(e.value) and "\n" not in str(e.value)

@@ -174,7 +174,7 @@ def test_retry_revives_a_filter_the_near_grey_fourier_start_misses(vgg16):
 
 @needs_weights
 def test_presets_compose_and_the_gif_is_written(tmp_path):
-    from filterviz import job
+    from filterviz import groups, job
 
     register_configs()
     with initialize_config_module(version_base="1.3", config_module="filterviz.conf"):
@@ -184,10 +184,10 @@ def test_presets_compose_and_the_gif_is_written(tmp_path):
                                            "filters=0:2", "save_gif=true", "tracking=off", f"model.weights={WEIGHTS}"])
     assert (seed.param._target_, seed.optimizer._target_, seed.preprocess, seed.step_size) == (
         "filterviz.core.params.Pixel", "filterviz.core.optimizers.L2Step", False, 10.0)
-    assert not job.build(seed, "transforms").active and seed.objective.expr == "channel"
+    assert not groups.build(seed, "transforms").active and seed.objective.expr == "channel"
     assert (lucid.param._target_, lucid.optimizer._target_, lucid.preprocess, lucid.transforms.pad) == (
         "filterviz.core.params.Fourier", "keras.optimizers.Adam", True, 12)
-    assert isinstance(job.build(lucid, "optimizer")(learning_rate=0.05), keras.optimizers.Adam)
+    assert isinstance(groups.build(lucid, "optimizer")(learning_rate=0.05), keras.optimizers.Adam)
     result = job.run(cfg, tmp_path)
     from PIL import Image
 
