@@ -154,14 +154,16 @@ def execute(plan: Plan, results_dir: Path, live: Optional[LiveRun] = None) -> Ou
     try:
         result = ascent.run(plan.filters)
         result = revive_dead(plan, result, on_step)
+        progress.close()
+        outcome = Outcome(result, judge(plan, result), time.perf_counter() - start)
     except Stopped as stop:
-        reached = result or ascent.partial()
+        reached = result or ascent.partial()  # a finished ascent stopped while judged keeps its images
         if reached is not None:
-            files.write_results(reached, None, f"{plan.title} ({stop}: partial)", results_dir, _resolved(cfg))
+            title = plan.title if reached.complete else f"{plan.title} ({stop}: partial)"
+            files.write_results(reached, None, title, results_dir, _resolved(cfg))
         raise
     finally:
         progress.close()
-    outcome = Outcome(result, judge(plan, result), time.perf_counter() - start)
     files.write_results(result, outcome.quality, plan.title, results_dir, _resolved(cfg))
     return outcome
 
@@ -212,7 +214,8 @@ def run(cfg: DictConfig, output_dir: Path, run_name: Optional[str] = None, comma
             outcome = execute(plan, results_dir, live)
         except Stopped as stop:
             _keep(tracker, run_id, live, None, output_dir)
-            tracker.client.set_tag(run_id, "filterviz.partial", "true")
+            if (results_dir / files.PARTIAL).is_file():
+                tracker.client.set_tag(run_id, "filterviz.partial", "true")
             print(f"{stop}: run {run_id} ends KILLED with every loss point so far; the images it had reached "
                   f"are in {results_dir} (partial)", file=sys.stderr)
             raise

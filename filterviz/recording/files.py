@@ -19,6 +19,9 @@ from filterviz.core.quality import Quality
 from filterviz.recording import images
 
 
+PARTIAL = "PARTIAL"  # marks the folder of a stopped ascent
+
+
 def label(image_id: ImageId, copies: int) -> str:
     """`12`, or `12.0`, `12.1`, ... when a filter has several images."""
     return str(image_id.filter) if copies == 1 else f"{image_id.filter}.{image_id.copy}"
@@ -34,7 +37,7 @@ def write_results(result: AscentResult, figures: Optional[Quality], title: str, 
     (no quality figures for a stopped run, which is marked PARTIAL)."""
     (out / "pictures").mkdir(parents=True, exist_ok=True)
     if not result.complete:
-        (out / "PARTIAL").write_text(f"{title}: the ascent was stopped; these images are where it had got to\n")
+        (out / PARTIAL).write_text(f"{title}: the ascent was stopped; these images are where it had got to\n")
     copies = result.copies
     labels = [label(i, copies) for i in result.ids]
     for image_id, image in zip(result.ids, result.images):
