@@ -154,14 +154,17 @@ def test_reproduce_and_compare_refuse_a_missing_store_in_one_line(tmp_path):
 
 
 @needs_weights
-def test_optuna_example_maximises_the_final_activation(tmp_path):
+def test_optuna_maximises_the_figure_optimized_metric_names(tmp_path):
+    """Not the default figure: a sweeper that ignored the key would return an activation (hundreds)."""
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    metric = "quality/hf_fraction"
     proc = run_cli("-m", "experiment=optuna_step", "hydra.sweeper.n_trials=2", "filters=0:2", *SMALL,
-                   cwd=tmp_path, env={"MLFLOW_TRACKING_URI": ""})
+                   f"optimized_metric={metric}", cwd=tmp_path, env={"MLFLOW_TRACKING_URI": ""})
     assert proc.returncode == 0, proc.stderr
     _, [parent], children = runs_of(tmp_path)
     assert "step_size=tag(log, interval(0.5, 50))" in parent.info.run_name
     assert len(children) == 2
-    assert all(math.isfinite(c.data.metrics["quality/final_activation"]) for c in children)
+    figures = [c.data.metrics[metric] for c in children]
+    assert all(math.isfinite(f) for f in figures)
     best = OmegaConf.load(next(tmp_path.glob("multirun/*/*/optimization_results.yaml")))
-    assert best.best_value == pytest.approx(max(c.data.metrics["quality/final_activation"] for c in children), rel=1e-5)
+    assert best.best_value == pytest.approx(max(figures), rel=1e-5)
