@@ -25,8 +25,9 @@ from filterviz.errors import ConfigError
 # Called after every step with (chunk's filters, step, per-image objective as a tensor); the step
 # counts the iterations spent on those images, a retry's continuing after the first attempt's.
 StepCallback = Callable[[Sequence[int], int, tf.Tensor], None]
-# Called with (image ids, step, images as NumPy) at every tenth of a batch's ascent and at its end.
-SnapshotCallback = Callable[[Sequence["ImageId"], int, np.ndarray], None]
+# Called with (image ids, step, images as NumPy, final) at every tenth of a batch's ascent and,
+# with final=True, at its end.
+SnapshotCallback = Callable[[Sequence["ImageId"], int, np.ndarray, bool], None]
 Preprocess = Callable[[tf.Tensor], tf.Tensor]
 
 
@@ -192,7 +193,7 @@ class Ascent:
             if traced is not None and i % self.gif_every == 0:
                 frames.append(self.recipe.param.to_image(compiled.params)[traced].numpy())
             if self.on_snapshot is not None and i % self.snapshot_every == 0:
-                self.on_snapshot(ids, self.first_step + i, self.recipe.param.to_image(compiled.params).numpy())
+                self.on_snapshot(ids, self.first_step + i, self.recipe.param.to_image(compiled.params).numpy(), False)
             value, activation = compiled.step(indices, seeds_t, tf.constant(i, tf.int32))
             losses.append(value)  # stays a tensor: no device sync per step
             activations.append(activation)
@@ -202,7 +203,7 @@ class Ascent:
         if traced is not None:
             frames.append(final[traced])
         if self.on_snapshot is not None:
-            self.on_snapshot(ids, self.first_step + self.iters, final)
+            self.on_snapshot(ids, self.first_step + self.iters, final, True)
         self._running = None
         result = AscentResult(ids, final, tf.stack(losses, axis=1).numpy(), tf.stack(activations, axis=1).numpy(),
                               frames)

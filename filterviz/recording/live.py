@@ -34,7 +34,7 @@ class LiveRun:
                  copies: int = 1):
         self.tracker, self.run_id, self.labels = tracker, run_id, labels  # filter -> its images' labels
         self.copies, self.watched = copies, set()
-        self.iters, self.every = iters, max(1, iters // 10)
+        self.every = max(1, iters // 10)
         self.pending: List[tuple] = []  # (labels, step, tensor, ms)
         self.last_send = time.monotonic()
         self.operations = []
@@ -47,9 +47,8 @@ class LiveRun:
         if (step + 1) % self.every == 0 or time.monotonic() - self.last_send >= EVERY_SECONDS:
             self.send()
 
-    def snapshot(self, ids: Sequence[ImageId], step: int, pictures: np.ndarray) -> None:
-        """Log pictures by step: the first WATCHED_IMAGES images at every call, the others' last."""
-        final = step % self.iters == 0 and step > 0
+    def snapshot(self, ids: Sequence[ImageId], step: int, pictures: np.ndarray, final: bool) -> None:
+        """Log pictures by step: the first WATCHED_IMAGES images at every call, the others' final one."""
         for image_id, picture in zip(ids, pictures):
             if len(self.watched) < WATCHED_IMAGES:
                 self.watched.add(image_id)
