@@ -8,7 +8,7 @@ import shlex  # noqa: E402
 import sys  # noqa: E402
 from importlib import resources  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import List, Optional  # noqa: E402
+from typing import Callable, List, Optional  # noqa: E402
 
 import hydra  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
@@ -42,14 +42,15 @@ def unknown_group_choice(overrides: List[str]) -> Optional[str]:
     return None
 
 
-def main() -> None:
+def main(app: Optional[Callable[[], None]] = None) -> None:
+    """Run a Hydra app (by default the run's) with stop signals turned into ended runs."""
     problem = unknown_group_choice(sys.argv[1:])
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         sys.exit(1)
     try:
         with stop_on_signals():
-            hydra_main()
+            (app or hydra_main)()
     except Stopped as stop:
         from filterviz.recording import sweep
 
@@ -57,8 +58,7 @@ def main() -> None:
         sys.exit(stop.exit_code)
 
 
-@hydra.main(version_base="1.3", config_path="pkg://filterviz.conf", config_name="config")
-def hydra_main(cfg: DictConfig) -> float:
+def task(cfg: DictConfig) -> float:
     """One job; returns its figure named by `optimized_metric`, which an Optuna sweeper maximises."""
     hydra_cfg = HydraConfig.get()
     try:
@@ -69,16 +69,16 @@ def hydra_main(cfg: DictConfig) -> float:
             sys.exit(1)
     import_tensorflow_quietly()  # here, after Hydra has parsed the command line
     from filterviz import job
-    from filterviz.recording import settings, sweep
+    from filterviz.recording import sweep
 
     output_dir = Path(hydra_cfg.runtime.output_dir)
     overrides = list(hydra_cfg.overrides.task)
     record = sweep.read_record(Path(hydra_cfg.sweep.dir)) if hydra_cfg.mode == RunMode.MULTIRUN else None
-    run_name = (record and record.child_name(overrides)) or settings.run_name(overrides)
     command = shlex.join(["python", "-m", "filterviz", *overrides]) if record else \
         shlex.join(["python", "-m", "filterviz", *sys.argv[1:]])
     try:
-        result = job.run(cfg, output_dir, run_name, command, record.parent_run_id if record else None)
+        result = job.run(cfg, output_dir, overrides, command, record and record.parent_run_id,
+                         record and record.child_name(overrides))
     except Exception as e:
         if hydra_cfg.mode != RunMode.MULTIRUN:
             if isinstance(e, ConfigError):
@@ -96,6 +96,9 @@ def hydra_main(cfg: DictConfig) -> float:
         print(f"see it:     {result.ui_command}")
         print(f"            then open {result.run_url}")
     return result.figures[cfg.optimized_metric]
+
+
+hydra_main = hydra.main(version_base="1.3", config_path="pkg://filterviz.conf", config_name="config")(task)
 
 
 if __name__ == "__main__":

@@ -2,13 +2,15 @@
 
 One figure: a row per run with its final images, labelled with the settings that differ
 between the runs, and the runs' mean loss curves overlaid in the same colours. Saved to
-the path it prints; logged to the parent run (under compare/) when given one.
+the path it prints (the sweep's folder, else outputs/compare/<date>/<time>/), and logged to the
+parent run (under compare/) when given one.
 """
 
 import argparse
 import os
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -95,7 +97,7 @@ def draw(runs: List[Run], results: List[Dict[str, np.ndarray]], keys: List[str],
                 ax.set_ylabel(text, rotation=0, ha="right", va="center", fontsize=8, color=colour)
         curves.plot(result["losses"].mean(axis=0), color=colour, label=text, linewidth=1.5)
     curves.set_xlabel("iteration")
-    curves.set_ylabel("mean loss over the run's filters")
+    curves.set_ylabel("mean objective over the run's filters")
     curves.yaxis.set_label_position("right")
     curves.yaxis.tick_right()
     curves.grid(alpha=0.3)
@@ -104,6 +106,16 @@ def draw(runs: List[Run], results: List[Dict[str, np.ndarray]], keys: List[str],
     fig.suptitle(title)
     fig.savefig(path, dpi=90, bbox_inches="tight")
     plt.close(fig)
+
+
+def default_out(parent: Optional[Run], target: str) -> Path:
+    """Beside the results, not in the working directory: a sweep's own folder when it is here,
+    else a new folder of outputs/compare/ like a run's (date/time)."""
+    name = f"compare-{target[:12]}.png"
+    sweep_dir = parent.data.tags.get("filterviz.sweep_dir") if parent else None
+    if sweep_dir and Path(sweep_dir).is_dir():
+        return Path(sweep_dir) / name
+    return Path("outputs", "compare", time.strftime("%Y-%m-%d"), time.strftime("%H-%M-%S"), name)
 
 
 def compare(target: str, where: Optional[str] = None, tracking_uri: Optional[str] = None,
@@ -119,8 +131,10 @@ def compare(target: str, where: Optional[str] = None, tracking_uri: Optional[str
     with tempfile.TemporaryDirectory() as tmp:
         results = [load_results(client, run, f"{tmp}/{i}") for i, run in enumerate(runs)]
     keys = differing_settings(runs)
-    out = out or Path(f"compare-{target[:12]}.png")
-    title = client.get_run(parent).info.run_name if parent else target
+    parent_run = client.get_run(parent) if parent else None
+    out = out or default_out(parent_run, target)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    title = parent_run.info.run_name if parent_run else target
     draw(runs, results, keys, max_images, f"{title}: {len(runs)} runs", out)
     if parent:
         client.log_artifact(parent, str(out), "compare")
@@ -132,7 +146,8 @@ def main(argv: List[str] = None) -> int:
     parser.add_argument("target", help="a sweep's parent run id, or an experiment name")
     parser.add_argument("--filter", help="an MLflow search filter, e.g. \"params.layer='block3_conv1'\"")
     parser.add_argument("--tracking-uri", help="the store (default: $MLFLOW_TRACKING_URI, else ./mlruns/mlflow.db)")
-    parser.add_argument("--out", type=Path, help="where to save the figure (default: ./compare-<target>.png)")
+    parser.add_argument("--out", type=Path, help="where to save the figure (default: the sweep's folder, else "
+                        "outputs/compare/<date>/<time>/)")
     parser.add_argument("--max-images", type=int, default=8, help="images shown per run")
     args = parser.parse_args(argv)
     try:

@@ -44,6 +44,17 @@ class TrackingConfig:
     experiment: str = "filterviz"
     # extra tags for the run: tracking.tags.note=baseline
     tags: Dict[str, str] = field(default_factory=dict)
+    # images with their own metric series and picture slider in MLflow (the first N); every
+    # image's figures are in the run's filters table either way
+    filter_series: int = 16
+
+
+@dataclass
+class AtlasConfig:
+    # all, a layer name, a shell pattern (block[45]_*) or a list of them
+    layers: Any = "all"
+    # filters per job; null: sized by each layer's cost
+    chunk: Optional[int] = None
 
 
 @dataclass
@@ -68,6 +79,8 @@ class FilterVizConfig:
     precision: Precision = MISSING
     deterministic: bool = MISSING
     optimized_metric: str = MISSING
+    preset: Optional[str] = MISSING  # set by the preset (experiment=...) the run starts from
+    atlas: Optional[AtlasConfig] = None  # set by python -m filterviz.atlas (conf/atlas.yaml)
 
 
 def register_configs() -> None:
@@ -89,3 +102,6 @@ def check_ranges(cfg: DictConfig) -> None:
         raise ConfigError(f"batch_size={cfg.batch_size}: at least 1 filter per batch")
     if not 0 <= cfg.seed < 2**32:
         raise ConfigError(f"seed={cfg.seed}: a seed is a whole number from 0 to 4294967295")
+    if cfg.tracking.get("filter_series", 0) < 0:
+        raise ConfigError(f"tracking.filter_series={cfg.tracking.filter_series}: the number of filters charted "
+                          "one by one in MLflow is 0 or more")

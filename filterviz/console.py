@@ -1,4 +1,4 @@
-"""What a person sees while a run goes: a progress bar and the loss every tenth of the run."""
+"""What a person sees while a run goes: a progress bar and the objective every tenth of the run."""
 
 import os
 import sys
@@ -9,7 +9,7 @@ from tqdm import tqdm
 
 
 class Progress:
-    """A step callback for the ascent: updates the bar, prints loss lines like the notebooks."""
+    """A step callback for the ascent: updates the bar, prints the objective like the notebooks' loss lines."""
 
     def __init__(self, n_filters: int, iters: int):
         self.iters = iters
@@ -17,23 +17,23 @@ class Progress:
         # disable=None: no bar when stderr is not a terminal (logs, CI, subprocess tests)
         self.bar = tqdm(total=n_filters * iters, unit="filter-iter", file=sys.stderr, disable=None, leave=False)
 
-    def __call__(self, chunk: Sequence[int], step: int, losses) -> None:
+    def __call__(self, chunk: Sequence[int], step: int, objective, activation=None) -> None:
         iteration = step % self.iters  # a retry's steps continue after the first attempt's
         self.bar.update(len(chunk))
         if iteration % self.every == 0 or iteration == self.iters - 1:
-            self.bar.write(_loss_line(chunk, iteration, self.iters, np.asarray(losses)), file=sys.stdout)
+            self.bar.write(_objective_line(chunk, iteration, self.iters, np.asarray(objective)), file=sys.stdout)
 
     def close(self) -> None:
         self.bar.close()
 
 
-def _loss_line(chunk: Sequence[int], iteration: int, iters: int, losses: np.ndarray) -> str:
+def _objective_line(chunk: Sequence[int], iteration: int, iters: int, values: np.ndarray) -> str:
     where = f"iteration {iteration + 1:>{len(str(iters))}}/{iters}"
     if len(chunk) == 1:
-        return f"filter {chunk[0]}  {where}  loss {losses[0]:.4f}"
+        return f"filter {chunk[0]}  {where}  objective {values[0]:.4f}"
     return (
-        f"filters {chunk[0]}..{chunk[-1]}  {where}  loss mean {losses.mean():.4f}"
-        f" (min {losses.min():.4f}, max {losses.max():.4f})"
+        f"filters {chunk[0]}..{chunk[-1]}  {where}  objective mean {values.mean():.4f}"
+        f" (min {values.min():.4f}, max {values.max():.4f})"
     )
 
 

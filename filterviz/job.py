@@ -13,7 +13,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import keras
 import tensorflow as tf
@@ -26,7 +26,7 @@ from filterviz.core.filters import parse_filters
 from filterviz.config import check_ranges
 from filterviz.errors import ConfigError, Stopped, first_line
 from filterviz.groups import GROUPS, build
-from filterviz.recording import files, provenance, tracking
+from filterviz.recording import files, provenance, settings, tracking
 from filterviz.recording.live import LiveRun
 
 @dataclass
@@ -47,10 +47,13 @@ class Plan:
     cut: models.LayerCut
     filters: List[int]
     recipe: Recipe
+    overrides: List[str] = field(default_factory=list)  # the command line's settings
 
     @property
     def title(self) -> str:
-        return f"{self.cfg.model.name} {self.cut.layer}"
+        """What made the pictures: model, layer, filters, then the settings given (figures, run name)."""
+        model = self.cfg.model.name if self.cfg.model.name != "file" else Path(self.cfg.model.path).stem
+        return settings.describe(model, self.cut.layer, self.filters, self.overrides)
 
     def schedule(self) -> dict:
         cfg = self.cfg
@@ -67,12 +70,23 @@ class Outcome:
     def figures(self) -> Dict[str, float]:
         """Every figure of the run, as logged: quality (run and per image) and speed."""
         result = self.result
-        labels = [files.label(i, result.copies) for i in result.ids]
-        per_image = {f"{name}/filter_{label}": float(value) for name, values in self.quality.per_image().items()
-                     for label, value in zip(labels, values)}
-        filter_iters = len(result.ids) / result.copies * result.losses.shape[1]
         return {**self.quality.summary(), "seconds": self.seconds,
-                "filter_iters_per_second": filter_iters / self.seconds, **per_image}
+                "filter_iters_per_second": len(result.ids) / result.copies * result.losses.shape[1] / self.seconds}
+
+    def per_image(self, layer: str) -> Dict[str, float]:
+        """Each image's figures, e.g. `robustness/block3_conv1/f0012`."""
+        names = [files.series_name(layer, i, self.result.copies) for i in self.result.ids]
+        return {f"{figure}/{name}": float(value) for figure, values in self.quality.per_image().items()
+                for name, value in zip(names, values)}
+
+    def table(self, layer: str) -> Dict[str, list]:
+        """Every image's figures as columns: one table, however many filters."""
+        result = self.result
+        return {"layer": [layer] * len(result.ids), "filter": [i.filter for i in result.ids],
+                "copy": [i.copy for i in result.ids], "dead": [bool(d) for d in self.quality.dead],
+                **{figure: [float(v) for v in values] for figure, values in self.quality.per_image().items()},
+                "picture": [f"pictures/{files.png_name(i, result.copies)}" for i in result.ids]}
+        filter_iters = len(result.ids) / result.copies * result.losses.shape[1]
 
 
 # Run-level figures an `optimized_metric` can name before the run exists (per-image ones too).
@@ -82,10 +96,11 @@ RUN_FIGURES = (*quality.Quality.SUMMARY, "seconds", "filter_iters_per_second")
 def check_settings(cfg: DictConfig) -> None:
     """The range checks a type cannot express (config.check_ranges), and names only the core knows."""
     check_ranges(cfg)
-    per_image = cfg.optimized_metric.split("/filter_")[0] in quality.Quality.PER_IMAGE
+    figure, _, image = cfg.optimized_metric.partition("/")
+    per_image = figure in quality.Quality.PER_IMAGE and image.count("/") == 1
     if cfg.optimized_metric not in RUN_FIGURES and not per_image:
         raise ConfigError(f"optimized_metric={cfg.optimized_metric}: not a figure of a run; use one of "
-                          f"{', '.join(RUN_FIGURES)} (or a per-filter one, e.g. robustness/filter_0)")
+                          f"{', '.join(RUN_FIGURES)} (or one filter's, e.g. robustness/block3_conv1/f0000)")
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -169,9 +184,9 @@ def execute(plan: Plan, results_dir: Path, live: Optional[LiveRun] = None) -> Ou
 
 
 def _both(first: StepCallback, second: StepCallback) -> StepCallback:
-    def both(chunk, step, values):
-        first(chunk, step, values)
-        second(chunk, step, values)
+    def both(chunk, step, objective, activation):
+        first(chunk, step, objective, activation)
+        second(chunk, step, objective, activation)
     return both
 
 
@@ -179,11 +194,15 @@ def _resolved(cfg: DictConfig) -> str:
     return OmegaConf.to_yaml(cfg, resolve=True)
 
 
-def record(tracker: tracking.Tracker, run_id: str, outcome: Optional[Outcome], output_dir: Path) -> None:
-    """Log the run's mean curve, figures and files to its MLflow run (only the files of a stopped one)."""
+def record(tracker: tracking.Tracker, run_id: str, plan: Plan, outcome: Optional[Outcome], output_dir: Path) -> None:
+    """Log the run's figures, mean curves, filters table and files to its MLflow run (only the files
+    of a stopped one). Per-image figures as metrics for the images that have their own series."""
     if outcome is not None:
-        tracker.log_values(run_id, **outcome.figures())
-        tracker.log_mean_loss(run_id, outcome.result.losses)
+        per_image = outcome.per_image(plan.cut.layer)
+        charted = {n for n in per_image if n.split("/", 1)[1] in _charted(plan, outcome.result)}
+        tracker.log_values(run_id, **outcome.figures(), **{n: per_image[n] for n in charted})
+        tracker.log_curves(run_id, objective=outcome.result.losses, activation=outcome.result.activations)
+        tracker.client.log_table(run_id, outcome.table(plan.cut.layer), FILTERS_TABLE)
     if (output_dir / "results").is_dir():
         tracker.log_artifacts(run_id, output_dir / "results")
     hydra_dir = output_dir / ".hydra"
@@ -191,33 +210,50 @@ def record(tracker: tracking.Tracker, run_id: str, outcome: Optional[Outcome], o
         tracker.log_artifacts(run_id, hydra_dir, ".hydra")
 
 
-def run(cfg: DictConfig, output_dir: Path, run_name: Optional[str] = None, command: str = "",
-        parent_run_id: Optional[str] = None) -> JobResult:
+FILTERS_TABLE = "filters.json"  # every image's figures, one row each (MLflow's log_table)
+
+
+def _charted(plan: Plan, result: AscentResult) -> List[str]:
+    """The images that get their own metric series and picture slider in MLflow: the first
+    `tracking.filter_series` (so a 512-filter run is one table, not 512 charts)."""
+    return [files.series_name(plan.cut.layer, i, result.copies)
+            for i in result.ids[: plan.cfg.tracking.filter_series]]
+
+
+def run(cfg: DictConfig, output_dir: Path, overrides: Sequence[str] = (), command: str = "",
+        parent_run_id: Optional[str] = None, run_name: Optional[str] = None) -> JobResult:
+    """One run. `overrides`: the settings given on the command line (they name the run);
+    `run_name`: a sweep job's name instead (the values it sweeps)."""
     check_settings(cfg)
+    keras.backend.clear_session()  # an atlas runs many jobs in one process: memory stays flat
     seed_everything(cfg.seed, cfg.deterministic)
     tracker = open_store(cfg)
     plan = prepare(cfg)
+    plan.overrides = list(overrides)
     print(f"{plan.title}: {len(plan.filters)} filter(s), {cfg.iters} iterations, step {cfg.step_size}, "
           f"{cfg.input_size}x{cfg.input_size}")
     results_dir = output_dir / "results"
     if tracker is None:
-        return JobResult(results_dir, execute(plan, results_dir).figures())
+        outcome = execute(plan, results_dir)
+        return JobResult(results_dir, {**outcome.figures(), **outcome.per_image(plan.cut.layer)})
 
-    params = tracking.flatten(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
+    params = settings.picture_params(tracking.flatten(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)))
     tags = {**provenance.provenance_tags(command), "filterviz.filters": ",".join(map(str, plan.filters)),
-            **cfg.tracking.tags}
+            "filterviz.layer": plan.cut.layer, **cfg.tracking.tags}
     copies = plan.recipe.objective.copies
-    labels = {f: [files.label(ImageId(f, k), copies) for k in range(copies)] for f in plan.filters}
-    with tracker.run(run_name or f"{cfg.model.name}-{plan.cut.layer}", params, tags, parent_run_id) as run_id:
-        live = LiveRun(tracker, run_id, labels, cfg.iters, copies)
+    ids = [ImageId(f, k) for f in plan.filters for k in range(copies)]
+    charted = set(ids[: cfg.tracking.filter_series])
+    with tracker.run(run_name or plan.title, params, tags, parent_run_id) as run_id:
+        live = LiveRun(tracker, run_id, {i: files.series_name(plan.cut.layer, i, copies) for i in charted},
+                       cfg.iters, copies)
         try:
             outcome = execute(plan, results_dir, live)
         except Stopped as stop:
-            _keep(tracker, run_id, live, None, output_dir)
+            _keep(tracker, run_id, plan, live, None, output_dir)
             if (results_dir / files.PARTIAL).is_file():
                 tracker.client.set_tag(run_id, "filterviz.partial", "true")
-            print(f"{stop}: run {run_id} ends KILLED with every loss point so far; the images it had reached "
-                  f"are in {results_dir} (partial)", file=sys.stderr)
+            print(f"{stop}: run {run_id} ends KILLED with every activation point so far; the images it had "
+                  f"reached are in {results_dir} (partial)", file=sys.stderr)
             raise
         except Exception:
             try:
@@ -225,16 +261,18 @@ def run(cfg: DictConfig, output_dir: Path, run_name: Optional[str] = None, comma
             except Exception:
                 pass  # the error that ended the run is the one to report
             raise
-        _keep(tracker, run_id, live, outcome, output_dir)
-    return JobResult(results_dir, outcome.figures(), run_id, tracker.artifact_uri(run_id), tracker.store.ui_command(),
+        _keep(tracker, run_id, plan, live, outcome, output_dir)
+    figures = {**outcome.figures(), **outcome.per_image(plan.cut.layer)}
+    return JobResult(results_dir, figures, run_id, tracker.artifact_uri(run_id), tracker.store.ui_command(),
                      tracker.run_url(run_id))
 
 
-def _keep(tracker: tracking.Tracker, run_id: str, live: LiveRun, outcome: Optional[Outcome], output_dir: Path) -> None:
+def _keep(tracker: tracking.Tracker, run_id: str, plan: Plan, live: LiveRun, outcome: Optional[Outcome],
+          output_dir: Path) -> None:
     """Everything into the store; if the store is gone, say where the results are instead."""
     try:
         live.close()
-        record(tracker, run_id, outcome, output_dir)
+        record(tracker, run_id, plan, outcome, output_dir)
     except Exception as e:
         raise ConfigError(f"lost the MLflow store {tracker.store.uri} during the run ({first_line(e)}): "
                           f"every result is in {output_dir / 'results'}") from None

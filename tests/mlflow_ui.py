@@ -43,8 +43,10 @@ CHROMIUM = os.environ.get("FILTERVIZ_CHROMIUM", "/usr/bin/chromium")
 VIEWPORT = {"width": 1400, "height": 900}
 TIMEOUT_MS = 30_000  # for every wait on the page, expect() included
 
-# Every page of the UI asks for the signed-in user, which a server without auth answers 404.
-HARMLESS_ERRORS = (re.compile(r"/ajax-api/2\.0/mlflow/users/current\b"),)
+# Every page of the UI asks for the signed-in user, which a server without auth answers 404;
+# the charts' resize observers warn when a layout change outruns them (a browser notice).
+HARMLESS_ERRORS = (re.compile(r"/ajax-api/2\.0/mlflow/users/current\b"),
+                   re.compile(r"ResizeObserver loop completed with undelivered notifications"))
 
 # Run before each page's own scripts: keep the "MLflow Assistant" side panel closed (it opens
 # by itself on a first visit and takes a third of the width of every screenshot).

@@ -45,7 +45,7 @@ def test_large_filter_sets_run_in_chunks(block3):
     assert chunks(list(range(10)), 4) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
     seen = []
     result = visualize_filters(block3, list(range(5)), iters=3, step_size=10.0, input_size=32, batch_size=2,
-                               on_step=lambda chunk, i, losses: seen.append((tuple(chunk), i, len(losses))))
+                               on_step=lambda chunk, i, losses, activations: seen.append((tuple(chunk), i, len(losses))))
     assert result.images.shape == (5, 32, 32, 3) and result.losses.shape == (5, 3)
     assert [s for s in seen if s[1] == 0] == [((0, 1), 0, 2), ((2, 3), 0, 2), ((4,), 0, 1)]
 

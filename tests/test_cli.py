@@ -1,8 +1,10 @@
 """The app as a user runs it: `python -m filterviz ...` in a subprocess, against a temp store."""
 
+import json
 import os
 import subprocess
 from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +15,7 @@ from conftest import WEIGHTS, needs_weights, run_cli
 pytestmark = needs_weights
 ITERS = 12
 FILTERS = [1, 2, 3]
+CHARTED = 2  # filters charted one by one; the third is only in the table
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +23,8 @@ def recorded(tmp_path_factory):
     """One real run into the default store (./mlruns under the working directory)."""
     cwd = tmp_path_factory.mktemp("project")
     proc = run_cli("layer=block2_conv1", f"iters={ITERS}", "filters=[1,2,3]", "input_size=48",
-                   f"model.weights={WEIGHTS}", cwd=cwd, env={"MLFLOW_TRACKING_URI": ""})
+                   f"model.weights={WEIGHTS}", f"tracking.filter_series={CHARTED}", cwd=cwd,
+                   env={"MLFLOW_TRACKING_URI": ""})
     assert proc.returncode == 0, proc.stderr
     uri = f"sqlite:///{cwd / 'mlruns' / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=uri)
@@ -29,37 +33,53 @@ def recorded(tmp_path_factory):
     return cwd, uri, client, runs[0], proc
 
 
-def test_run_finishes_with_a_loss_series_per_filter_and_their_mean(recorded):
+def test_run_finishes_with_an_activation_series_per_charted_filter_and_the_means(recorded):
     _, _, client, run, _ = recorded
     assert run.info.status == "FINISHED"
-    for key in [f"loss/filter_{f}" for f in FILTERS] + ["loss/mean"]:
+    charted = [f"block2_conv1/f{f:04d}" for f in FILTERS[:CHARTED]]
+    for key in [f"activation/{name}" for name in charted] + ["activation/mean", "objective/mean"]:
         history = client.get_metric_history(run.info.run_id, key)
         assert sorted(m.step for m in history) == list(range(ITERS)), key
-    mean = sorted(client.get_metric_history(run.info.run_id, "loss/mean"), key=lambda m: m.step)
+    for figure in ("final_activation", "robustness", "hf_fraction"):
+        assert {k for k in run.data.metrics if k.startswith(f"{figure}/")} == {f"{figure}/{n}" for n in charted}
+    assert not [k for k in run.data.metrics if k.endswith("f0003")]  # past filter_series: the table only
+    mean = sorted(client.get_metric_history(run.info.run_id, "activation/mean"), key=lambda m: m.step)
     assert mean[-1].value > mean[0].value
 
 
-def test_params_are_the_flattened_config_and_tags_say_what_made_the_run(recorded):
+def test_every_filters_figures_are_in_one_table(recorded, tmp_path):
+    _, _, client, run, _ = recorded
+    table = json.loads(Path(client.download_artifacts(run.info.run_id, "filters.json", str(tmp_path))).read_text())
+    rows = [dict(zip(table["columns"], row)) for row in table["data"]]
+    assert [r["filter"] for r in rows] == FILTERS and {r["layer"] for r in rows} == {"block2_conv1"}
+    assert rows[0]["robustness"] == pytest.approx(run.data.metrics["robustness/block2_conv1/f0001"])
+    assert rows[2]["picture"] == "pictures/filter_0003.png" and rows[2]["final_activation"] > 0
+
+
+def test_params_are_the_picture_settings_and_tags_say_what_made_the_run(recorded):
     _, _, _, run, _ = recorded
     params, tags = run.data.params, run.data.tags
     assert params["layer"] == "block2_conv1" and params["iters"] == str(ITERS)
     assert params["model.name"] == "vgg16" and params["model.weights"] == str(WEIGHTS)
-    assert params["filters"] == "[1, 2, 3]" and params["tracking.enabled"] == "True"
+    assert params["filters"] == "[1, 2, 3]" and params["param"] == "Fourier" and params["preset"] == "best"
+    plumbing = [k for k, v in params.items() if k.startswith(("tracking", "hydra")) or v == "None"
+                or k in ("model.default_layer", "optimized_metric") or k.endswith(("_target_", "_partial_"))]
+    assert plumbing == []
     for key in ["git.commit", "git.dirty", "versions.tensorflow", "versions.keras", "versions.mlflow"]:
         assert tags[key]
     assert tags["command"].startswith("python -m filterviz layer=block2_conv1")
     assert tags["filterviz.filters"] == "1,2,3"
-    assert tags["mlflow.runName"] == \
-        "filters=[1,2,3],input_size=48,iters=12,layer=block2_conv1,model.weights=vgg16_imagenet_notop.weights.h5"
+    assert run.info.run_name == ("vgg16 block2_conv1 f1-3 · input_size=48 iters=12 "
+                                 "model.weights=vgg16_imagenet_notop.weights.h5")
 
 
 def test_every_artifact_is_in_the_store(recorded, tmp_path):
     cwd, _, client, run, _ = recorded
     assert run.info.artifact_uri.startswith((cwd / "mlruns").as_uri())
     local = client.download_artifacts(run.info.run_id, "", str(tmp_path))
-    names = {p.relative_to(local).as_posix() for p in __import__("pathlib").Path(local).rglob("*") if p.is_file()}
+    names = {p.relative_to(local).as_posix() for p in Path(local).rglob("*") if p.is_file()}
     expected = {f"pictures/filter_{f:04d}.png" for f in FILTERS} | {
-        "grid.png", "loss_curve.png", "images.npy", "filters.npy", "losses.npy", "config_resolved.yaml",
+        "grid.png", "loss_curve.png", "filters.json", "images.npy", "filters.npy", "losses.npy", "config_resolved.yaml",
         ".hydra/config.yaml", ".hydra/overrides.yaml", ".hydra/hydra.yaml"}
     assert expected <= names, expected - names
     images = np.load(f"{local}/images.npy")

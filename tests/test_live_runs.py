@@ -32,7 +32,7 @@ def runs(client: MlflowClient):
     return client.search_runs([experiment.experiment_id]) if experiment else []
 
 
-def wait_for_points(client: MlflowClient, proc: subprocess.Popen, key: str = "loss/filter_0", at_least: int = 20):
+def wait_for_points(client: MlflowClient, proc: subprocess.Popen, key: str = "activation/block1_conv1/f0000", at_least: int = 20):
     """Poll the store until a RUNNING run of the live process has `at_least` points of `key`."""
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
@@ -41,7 +41,7 @@ def wait_for_points(client: MlflowClient, proc: subprocess.Popen, key: str = "lo
             if run.info.status == "RUNNING" and len(client.get_metric_history(run.info.run_id, key)) >= at_least:
                 return run
         time.sleep(0.5)
-    pytest.fail("no loss points reached the store while the run ran")
+    pytest.fail("no activation points reached the store while the run ran")
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=lambda s: s.name)
@@ -49,7 +49,7 @@ def test_a_stop_signal_ends_the_run_killed_keeping_every_point_and_the_images_so
     proc = start(*LONG, "hydra.run.dir=out", cwd=tmp_path)
     client = store(tmp_path)
     live = wait_for_points(client, proc)
-    streamed = client.get_metric_history(live.info.run_id, "loss/filter_0")
+    streamed = client.get_metric_history(live.info.run_id, "activation/block1_conv1/f0000")
     assert len({m.timestamp for m in streamed}) > 1, "each point carries the time of its step"
 
     sent = time.monotonic()
@@ -62,12 +62,13 @@ def test_a_stop_signal_ends_the_run_killed_keeping_every_point_and_the_images_so
     run = client.get_run(live.info.run_id)
     assert run.info.status == "KILLED" and run.data.tags["error"] == f"stopped by {signum.name}"
     assert run.data.tags["filterviz.partial"] == "true"
-    losses = np.load(tmp_path / "out" / "results" / "losses.npy")
-    computed = int(np.isfinite(losses[0]).sum())
+    activations = np.load(tmp_path / "out" / "results" / "activations.npy")
+    computed = int(np.isfinite(activations[0]).sum())
     assert 0 < computed < 3000
-    kept = client.get_metric_history(run.info.run_id, "loss/filter_0")
+    kept = client.get_metric_history(run.info.run_id, "activation/block1_conv1/f0000")
     assert sorted(m.step for m in kept) == list(range(computed)), "every point computed, none twice"
-    np.testing.assert_allclose(sorted(kept, key=lambda m: m.step)[-1].value, losses[0, computed - 1], rtol=1e-6)
+    np.testing.assert_allclose(sorted(kept, key=lambda m: m.step)[-1].value, activations[0, computed - 1],
+                               rtol=1e-6)
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"PARTIAL", "images.npy", "grid.png", "pictures"} <= artifacts
     assert not np.allclose(np.load(tmp_path / "out" / "results" / "images.npy"), 0.5)

@@ -32,6 +32,7 @@ from mlflow_ui import (  # noqa: F401  (chromium_browser, page_errors, ui_page: 
 
 pytestmark = needs_weights
 ITERS = 20
+PARENT = "vgg16 block2_conv1 · sweep step_size=0.02,0.1"  # the sweep's run name
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +66,7 @@ def unfold_sweep(page) -> None:
     """The runs list shows a sweep as its parent run, its jobs folded in: unfold them."""
     from playwright.sync_api import expect
 
-    parent = page.get_by_role("link", name="step_size=0.02,0.1", exact=True)
+    parent = page.get_by_role("link", name=PARENT, exact=True)
     expect(parent).to_be_visible()
     parent.locator("xpath=ancestor::*[@role='row' or contains(@class,'row')][1]").locator(
         'button[data-component-id*="runnamecellrenderer"]').first.click()
@@ -91,8 +92,8 @@ def test_a_run_shows_each_filters_ascent_with_a_step_slider(ui, store, ui_page, 
     page = ui_page
     run_id = store["runs"]["step_size=0.1"]
     page.goto(run_metrics_url(ui, store["experiment_id"], run_id))
-    page.get_by_placeholder("Search metric charts").fill("filter_0001")  # as a user finds one filter's card
-    card = chart_card(page, "filter_0001")
+    page.get_by_placeholder("Search metric charts").fill("f0001")  # as a user finds one filter's card
+    card = chart_card(page, "block2_conv1/f0001")
     slider = card.get_by_role("slider")
     expect(slider).to_have_attribute("aria-valuemin", "0")
     expect(slider).to_have_attribute("aria-valuemax", str(ITERS))
@@ -110,12 +111,12 @@ def test_the_chart_view_compares_the_sweeps_runs_pictures_and_curves(ui, store, 
     page.goto(chart_view_url(ui, store["experiment_id"]))
     unfold_sweep(page)
     search = page.get_by_placeholder("Search metric charts")
-    search.fill("loss/filter_0")
-    curves = chart_card(page, "loss/filter_0")
+    search.fill("activation/block2_conv1/f0000")
+    curves = chart_card(page, "activation/block2_conv1/f0000")
     for name in store["runs"]:
         expect(curves).to_contain_text(name)  # the legend: both runs' curves
-    search.fill("filter_0000")
-    pictures = chart_card(page, "filter_0000")
+    search.fill("block2_conv1/f0000")
+    pictures = chart_card(page, "block2_conv1/f0000")
     for name in store["runs"]:
         expect(pictures).to_contain_text(name)
     wait_until(lambda: images_loaded(pictures) and sorted(image_runs(pictures)) == sorted(store["runs"].values()),

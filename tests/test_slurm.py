@@ -48,7 +48,7 @@ def test_a_sweep_through_slurm_records_both_jobs_under_a_finished_parent_quietly
     proc = run_cli("-m", *launcher, "filters=0,1", *SMALL, cwd=tmp_path, env={"MLFLOW_TRACKING_URI": ""})
     assert proc.returncode == 0, proc.stderr
     _, [parent], children = runs_of(tmp_path)
-    assert parent.info.run_name == "filters=0,1"
+    assert parent.info.run_name == "vgg16 block1_conv1 · sweep filters=0,1"
     assert parent.info.status == "FINISHED"
     assert sorted(r.info.run_name for r in children) == ["filters=0", "filters=1"]
     for child in children:

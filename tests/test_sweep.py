@@ -3,6 +3,7 @@
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -11,7 +12,7 @@ from omegaconf import OmegaConf
 from conftest import ROOT, WEIGHTS, needs_weights, run_cli
 from filterviz.compare import differing_settings
 from filterviz.reproduce import changed_versions
-from filterviz.recording.settings import run_name
+from filterviz.recording.settings import describe, filter_span, run_name
 from filterviz.recording.sweep import swept
 
 SMALL = ["layer=block1_conv1", "iters=3", "input_size=16", f"model.weights={WEIGHTS}"]
@@ -31,8 +32,12 @@ def test_sweep_names_come_from_the_swept_overrides():
         "layer=block1_conv2,block3_conv1", "step_size=range(1,3)"]
     job = ["layer=block3_conv1", "step_size=10", "iters=100", "model.weights=/data/w.h5", "tracking.uri=x",
            "hydra/launcher=joblib"]
-    assert run_name(job, ["layer", "step_size"]) == "layer=block3_conv1,step_size=10"
-    assert run_name(job) == "iters=100,layer=block3_conv1,model.weights=w.h5,step_size=10"
+    assert run_name(job, ["layer", "step_size"]) == "layer=block3_conv1 step_size=10"
+    assert run_name(job) == "iters=100 layer=block3_conv1 model.weights=w.h5 step_size=10"
+    assert describe("vgg16", "block3_conv1", [0, 1, 2], job) == \
+        "vgg16 block3_conv1 f0-2 · iters=100 model.weights=w.h5 step_size=10"
+    assert [filter_span(f) for f in ([7], [3, 4, 5], [1, 5, 9], list(range(0, 40, 2)))] == [
+        "f7", "f3-5", "f1,5,9", "20 filters"]
 
 
 @pytest.fixture(scope="module")
@@ -49,10 +54,16 @@ def test_parallel_sweep_on_a_fresh_store_records_every_run_under_one_parent(para
     cwd, proc = parallel_sweep
     assert proc.returncode == 0, proc.stderr
     _, [parent], children = runs_of(cwd)
-    assert parent.info.run_name == "filters=0,1 step_size=1,10"
+    assert parent.info.run_name == "vgg16 block1_conv1 · sweep filters=0,1 step_size=1,10"
     assert parent.info.status == "FINISHED"
     assert sorted(r.info.run_name for r in children) == [
-        "filters=0,step_size=1", "filters=0,step_size=10", "filters=1,step_size=1", "filters=1,step_size=10"]
+        "filters=0 step_size=1", "filters=0 step_size=10", "filters=1 step_size=1", "filters=1 step_size=10"]
+    # the parent's row: what every job shared, and the best job's figure
+    assert parent.data.params["layer"] == "block1_conv1" and parent.data.params["iters"] == "3"
+    assert "step_size" not in parent.data.params and "filters" not in parent.data.params
+    best = max(children, key=lambda r: r.data.metrics["quality/final_activation"])
+    assert parent.data.metrics["best/quality/final_activation"] == best.data.metrics["quality/final_activation"]
+    assert parent.data.tags["filterviz.best_run"] == f"{best.info.run_name} ({best.info.run_id})"
     for child in children:
         assert child.info.status == "FINISHED"
         assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
@@ -73,20 +84,24 @@ def test_a_failing_job_ends_failed_the_others_finish_and_the_sweep_says_which(tm
 
 
 @needs_weights
-def test_compare_draws_the_sweep_and_logs_it_to_the_parent(parallel_sweep, tmp_path):
+def test_compare_draws_the_sweep_beside_it_and_logs_it_to_the_parent(parallel_sweep):
     cwd, _ = parallel_sweep
     client, [parent], children = runs_of(cwd)
     assert differing_settings(children) == ["filters", "step_size"]
-    out = tmp_path / "cmp.png"
-    proc = subprocess.run([sys.executable, "-m", "filterviz.compare", parent.info.run_id, "--out", str(out)],
+    before = set(cwd.iterdir())
+    proc = subprocess.run([sys.executable, "-m", "filterviz.compare", parent.info.run_id],
                           cwd=cwd, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+    out = Path(parent.data.tags["filterviz.sweep_dir"]) / f"compare-{parent.info.run_id[:12]}.png"
     assert f"comparison: {out}" in proc.stdout and out.stat().st_size > 10_000
-    assert [a.path for a in client.list_artifacts(parent.info.run_id, "compare")] == ["compare/cmp.png"]
+    assert [a.path for a in client.list_artifacts(parent.info.run_id, "compare")] == [f"compare/{out.name}"]
 
-    proc = subprocess.run([sys.executable, "-m", "filterviz.compare", "filterviz", "--filter", "params.step_size='10.0'",
-                           "--out", str(tmp_path / "ten.png")], cwd=cwd, capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "filterviz.compare", "filterviz", "--filter", "params.step_size='10.0'"],
+                          cwd=cwd, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+    [figure] = cwd.glob("outputs/compare/*/*/compare-filterviz.png")
+    assert f"comparison: {figure.resolve()}" in proc.stdout
+    assert set(cwd.iterdir()) - before == {cwd / "outputs"}, "nothing loose in the working directory"
 
     proc = subprocess.run([sys.executable, "-m", "filterviz.compare", "filterviz", "--filter", "params.layer='none'"],
                           cwd=cwd, capture_output=True, text=True)
@@ -98,7 +113,7 @@ def test_compare_draws_the_sweep_and_logs_it_to_the_parent(parallel_sweep, tmp_p
 def test_reproduce_gives_the_identical_image_and_tags_the_new_run(parallel_sweep):
     cwd, _ = parallel_sweep
     client, _, children = runs_of(cwd)
-    original = next(r for r in children if r.info.run_name == "filters=1,step_size=10")
+    original = next(r for r in children if r.info.run_name == "filters=1 step_size=10")
     proc = subprocess.run([sys.executable, "-m", "filterviz.reproduce", original.info.run_id],
                           cwd=cwd, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr

@@ -101,7 +101,7 @@ def test_a_parallel_sweep_against_a_tracking_server_is_readable_through_rest(ser
     for run, tag in children:
         assert run["info"]["status"] == "FINISHED"
         assert tag["mlflow.parentRunId"] == parent["info"]["run_id"]
-        history = api(server, "metrics/get-history", run_id=run["info"]["run_id"], metric_key="loss/mean")
+        history = api(server, "metrics/get-history", run_id=run["info"]["run_id"], metric_key="activation/mean")
         assert [m["step"] for m in history["metrics"]] == [0, 1, 2]
         files = api(server, "artifacts/list", run_id=run["info"]["run_id"])["files"]
         assert {"grid.png", "images.npy", ".hydra"} <= {f["path"] for f in files}
@@ -125,13 +125,13 @@ def running_run_with_points(base: str, experiment: str, proc, at_least: int = 20
             experiment_id = api(base, "experiments/get-by-name", experiment_name=experiment)["experiment"][
                 "experiment_id"]
             for run in api(base, "runs/search", {"experiment_ids": [experiment_id]}).get("runs", []):
-                history = api(base, "metrics/get-history", run_id=run["info"]["run_id"], metric_key="loss/filter_0")
+                history = api(base, "metrics/get-history", run_id=run["info"]["run_id"], metric_key="activation/block1_conv1/f0000")
                 if run["info"]["status"] == "RUNNING" and len(history.get("metrics", [])) >= at_least:
                     return run["info"]["run_id"]
         except urllib.error.HTTPError:
             pass  # the experiment is not there yet
         time.sleep(0.5)
-    pytest.fail("no loss points reached the server while the run ran")
+    pytest.fail("no activation points reached the server while the run ran")
 
 
 def test_a_run_stopped_against_the_team_server_ends_killed_with_every_point(server, tmp_path):
@@ -143,8 +143,8 @@ def test_a_run_stopped_against_the_team_server_ends_killed_with_every_point(serv
     assert proc.returncode == 143, err
     run = api(server, "runs/get", run_id=run_id)["run"]
     assert run["info"]["status"] == "KILLED"
-    computed = int(np.isfinite(np.load(tmp_path / "out" / "results" / "losses.npy")[0]).sum())
-    history = api(server, "metrics/get-history", run_id=run_id, metric_key="loss/filter_0")["metrics"]
+    computed = int(np.isfinite(np.load(tmp_path / "out" / "results" / "activations.npy")[0]).sum())
+    history = api(server, "metrics/get-history", run_id=run_id, metric_key="activation/block1_conv1/f0000")["metrics"]
     assert sorted(m["step"] for m in history) == list(range(computed))
 
 

@@ -22,9 +22,9 @@ from filterviz.core.params import Pixel
 from filterviz.core.transforms import Transforms, image_seeds
 from filterviz.errors import ConfigError
 
-# Called after every step with (chunk's filters, step, per-image objective as a tensor); the step
-# counts the iterations spent on those images, a retry's continuing after the first attempt's.
-StepCallback = Callable[[Sequence[int], int, tf.Tensor], None]
+# Called after every step with (chunk's filters, step, per-image objective, per-image activation
+# of the filter, both tensors); the step counts the iterations spent on those images, a retry's continuing after the first attempt's.
+StepCallback = Callable[[Sequence[int], int, tf.Tensor, tf.Tensor], None]
 # Called with (image ids, step, images as NumPy, final) at every tenth of a batch's ascent and,
 # with final=True, at its end.
 SnapshotCallback = Callable[[Sequence["ImageId"], int, np.ndarray, bool], None]
@@ -198,7 +198,7 @@ class Ascent:
             losses.append(value)  # stays a tensor: no device sync per step
             activations.append(activation)
             if self.on_step is not None:
-                self.on_step(chunk, self.first_step + i, value)
+                self.on_step(chunk, self.first_step + i, value, activation)
         final = self.recipe.param.to_image(compiled.params).numpy()
         if traced is not None:
             frames.append(final[traced])

@@ -90,6 +90,27 @@ def conv_layer_names(model: keras.Model) -> List[str]:
     return [layer.name for layer in model.layers if _is_conv(layer)]
 
 
+@dataclass(frozen=True)
+class ConvLayer:
+    name: str
+    filters: int
+    cost: float  # multiply-adds of one image's forward pass from the input to this layer's output
+
+
+def conv_layers(model: keras.Model, size: int) -> List[ConvLayer]:
+    """Every convolution of `model`, in order, with the cost of reaching it at `size`x`size` (the
+    convolutions before it in the model's layer order: exact for a chain, an upper bound otherwise)."""
+    convs = [layer for layer in model.layers if _is_conv(layer)]
+    shapes = keras.Model(model.inputs, [layer.output for layer in convs]).compute_output_shape(
+        (1, size, size, int(model.input_shape[-1])))
+    total, found = 0.0, []
+    for layer, shape in zip(convs, shapes if isinstance(shapes, (list, tuple)) and len(convs) > 1 else [shapes]):
+        kh, kw = layer.kernel_size
+        total += math.prod(shape[1:3]) * kh * kw * int(layer.input.shape[-1]) * int(layer.filters) / layer.groups
+        found.append(ConvLayer(layer.name, int(layer.filters), total))
+    return found
+
+
 def cut_at(model: keras.Model, layer_name: Optional[str]) -> LayerCut:
     """Truncate `model` so that it outputs the activations of the conv layer `layer_name`."""
     convs = conv_layer_names(model)

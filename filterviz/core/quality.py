@@ -45,7 +45,7 @@ class Quality:
     hf_fraction: np.ndarray
     dead: np.ndarray
 
-    PER_IMAGE = ("activation", "robustness", "hf_fraction")
+    PER_IMAGE = ("final_activation", "robustness", "hf_fraction")
     SUMMARY = ("quality/final_activation", "quality/robustness", "quality/hf_fraction", "quality/dead_filters")
 
     def per_image(self) -> Dict[str, np.ndarray]:

@@ -3,10 +3,12 @@
     pictures/filter_0012.png      one per image (filter_0012_1.png: copy 1, with several copies);
                                   not images/, which is MLflow's for logged images
     grid.png, loss_curve.png      every image in one figure; the objective per iteration
-    images.npy, filters.npy, losses.npy, final_activations.npy, config_resolved.yaml
+    images.npy, filters.npy, config_resolved.yaml
+    losses.npy, activations.npy   per image and iteration: the objective, the filter's mean activation
+    final_activations.npy         the filter's activation on each final image
     ascent.gif                    one filter's ascent, when asked for
     PARTIAL                       only in a stopped run's folder: the images are where the ascent
-                                  had got to (losses.npy is NaN where steps did not run)
+                                  had got to (losses.npy and activations.npy are NaN where steps did not run)
 """
 
 from pathlib import Path
@@ -25,6 +27,12 @@ PARTIAL = "PARTIAL"  # marks the folder of a stopped ascent
 def label(image_id: ImageId, copies: int) -> str:
     """`12`, or `12.0`, `12.1`, ... when a filter has several images."""
     return str(image_id.filter) if copies == 1 else f"{image_id.filter}.{image_id.copy}"
+
+
+def series_name(layer: str, image_id: ImageId, copies: int) -> str:
+    """`block3_conv1/f0012` (`.../f0012.1`: copy 1): an image's key in MLflow, the layer in it so
+    that filter 12 of one layer is never charted beside filter 12 of another."""
+    return f"{layer}/f{image_id.filter:04d}" + (f".{image_id.copy}" if copies > 1 else "")
 
 
 def png_name(image_id: ImageId, copies: int) -> str:
@@ -49,6 +57,7 @@ def write_results(result: AscentResult, figures: Optional[Quality], title: str, 
     np.save(out / "images.npy", result.images)
     np.save(out / "filters.npy", np.asarray(result.filters))
     np.save(out / "losses.npy", result.losses)
+    np.save(out / "activations.npy", result.activations)
     if figures is not None:
         np.save(out / "final_activations.npy", figures.final_activation)
     (out / "config_resolved.yaml").write_text(resolved_config)

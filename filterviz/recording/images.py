@@ -1,6 +1,7 @@
 """Turn raw ascent results into pictures: per-filter PNGs, a grid and the loss curves."""
 
 import math
+import textwrap
 from pathlib import Path
 from typing import Sequence
 
@@ -9,6 +10,11 @@ import matplotlib
 matplotlib.use("Agg")  # files only; never open a window
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+
+
+def wrap(title: str, width: int = 70) -> str:
+    """A figure title over lines of `width` characters: a run's name can be long."""
+    return "\n".join(textwrap.wrap(title, width)) or title
 
 
 def to_display(image: np.ndarray) -> np.ndarray:
@@ -49,7 +55,7 @@ def save_grid(images: np.ndarray, filters: Sequence, title: str, path: Path) -> 
         r, q = divmod(k, cols)
         ax.text(q * (w + 2) + 2, r * (h + 2) + 2, str(f), color="white", fontsize=max(5, 2 * tile + 4),
                 va="top", ha="left", bbox=dict(facecolor="black", alpha=0.5, pad=1, linewidth=0))
-    ax.set_title(title)
+    ax.set_title(wrap(title), fontsize=9)
     ax.axis("off")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -57,7 +63,7 @@ def save_grid(images: np.ndarray, filters: Sequence, title: str, path: Path) -> 
 
 
 def save_loss_curves(losses: np.ndarray, filters: Sequence, title: str, path: Path) -> None:
-    """Each filter's loss per iteration, and their mean in black."""
+    """Each filter's objective per iteration, and their mean in black."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
     steps = np.arange(losses.shape[1])
     few = len(filters) <= 10
@@ -67,8 +73,8 @@ def save_loss_curves(losses: np.ndarray, filters: Sequence, title: str, path: Pa
     if len(filters) > 1:
         ax.plot(steps, losses.mean(axis=0), color="black", linewidth=2, label="mean")
     ax.set_xlabel("iteration")
-    ax.set_ylabel("loss (mean activation)")
-    ax.set_title(title)
+    ax.set_ylabel("objective (what the ascent maximises)")
+    ax.set_title(wrap(title), fontsize=9)
     if few or len(filters) > 1:
         ax.legend(fontsize=8)
     ax.grid(alpha=0.3)

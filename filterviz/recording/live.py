@@ -4,9 +4,10 @@ Points are buffered per step as tensors (no device sync on the ascent's path) an
 MLflow's asynchronous `log_batch` whenever a tenth of a batch's iterations has passed or
 `EVERY_SECONDS` since the last send, each with the time its step finished. A daemon thread
 refreshes the run's heartbeat tag, by which a later command tells a run whose process died.
-Pictures go in with MLflow's image logging (a key per image, the step), so the UI shows each
-filter's ascent with a step slider: every image's final picture, and for the first
-`WATCHED_IMAGES` images a snapshot at every tenth of the ascent.
+Pictures go in with MLflow's image logging (the image's series name as key, the step), so the
+UI shows each charted filter's ascent with a step slider: a snapshot at every tenth of the
+ascent and the final picture. Only the images given a series name are charted (the first
+`tracking.filter_series`): the others are in the run's files and filters table.
 """
 
 import threading
@@ -17,51 +18,47 @@ import numpy as np
 from mlflow.entities import Metric
 
 from filterviz.core.ascent import ImageId
-from filterviz.recording import files
 from filterviz.recording.images import to_display
 from filterviz.recording.owners import HEARTBEAT_SECONDS, HEARTBEAT_TAG
 from filterviz.recording.tracking import MAX_BATCH, Tracker
 
 EVERY_SECONDS = 10.0
-WATCHED_IMAGES = 16
 
 
 class LiveRun:
-    """A step callback of the ascent: streams each image's objective as `loss/filter_<label>`
-    (step = iterations spent on that image, retries continuing after the first attempt)."""
+    """A step callback of the ascent: streams each charted image's activation of its filter as
+    `activation/<layer>/f<filter>` (step = iterations spent on that image, retries continuing
+    after the first attempt)."""
 
-    def __init__(self, tracker: Tracker, run_id: str, labels: Dict[int, List[str]], iters: int,
-                 copies: int = 1):
-        self.tracker, self.run_id, self.labels = tracker, run_id, labels  # filter -> its images' labels
-        self.copies, self.watched = copies, set()
+    def __init__(self, tracker: Tracker, run_id: str, charted: Dict[ImageId, str], iters: int, copies: int = 1):
+        self.tracker, self.run_id, self.charted, self.copies = tracker, run_id, charted, copies
         self.every = max(1, iters // 10)
-        self.pending: List[tuple] = []  # (labels, step, tensor, ms)
+        self.pending: List[tuple] = []  # (series names or None, step, tensor, ms)
         self.last_send = time.monotonic()
         self.operations = []
         self.stopped = threading.Event()
         threading.Thread(target=self._beat, name="filterviz-heartbeat", daemon=True).start()
 
-    def __call__(self, chunk: Sequence[int], step: int, values) -> None:
-        self.pending.append(([label for f in chunk for label in self.labels[f]], step, values,
-                             int(time.time() * 1000)))
+    def __call__(self, chunk: Sequence[int], step: int, objective, activation) -> None:
+        names = [self.charted.get(ImageId(f, k)) for f in chunk for k in range(self.copies)]
+        if any(names):
+            self.pending.append((names, step, activation, int(time.time() * 1000)))
         if (step + 1) % self.every == 0 or time.monotonic() - self.last_send >= EVERY_SECONDS:
             self.send()
 
     def snapshot(self, ids: Sequence[ImageId], step: int, pictures: np.ndarray, final: bool) -> None:
-        """Log pictures by step: the first WATCHED_IMAGES images at every call, the others' final one."""
+        """Log the charted images' pictures at this step."""
         for image_id, picture in zip(ids, pictures):
-            if len(self.watched) < WATCHED_IMAGES:
-                self.watched.add(image_id)
-            if final or image_id in self.watched:
+            if image_id in self.charted:
                 shown = (to_display(picture) * 255).round().astype(np.uint8)
                 self._keep(self.tracker.client.log_image(
                     self.run_id, shown[..., 0] if shown.shape[-1] == 1 else shown,
-                    key=files.png_name(image_id, self.copies)[: -len(".png")], step=step, synchronous=False))
+                    key=self.charted[image_id], step=step, synchronous=False))
 
     def send(self) -> None:
-        metrics = [Metric(f"loss/filter_{label}", float(value), ms, step)
-                   for labels, step, values, ms in self.pending
-                   for label, value in zip(labels, np.asarray(values))]
+        metrics = [Metric(f"activation/{name}", float(value), ms, step)
+                   for names, step, values, ms in self.pending
+                   for name, value in zip(names, np.asarray(values)) if name]
         self.pending, self.last_send = [], time.monotonic()
         for i in range(0, len(metrics), MAX_BATCH):
             self._keep(self.tracker.client.log_batch(self.run_id, metrics=metrics[i : i + MAX_BATCH],

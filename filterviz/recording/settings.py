@@ -1,11 +1,13 @@
 """Which config keys are settings, the ones that make the picture, and which only say where a
-run is recorded or how it is launched. One list, one meaning: run names and comparisons show
-settings only, and a reproduction replays settings only."""
+run is recorded or how it is launched. One list, one meaning: run names, params and
+comparisons show settings only, and a reproduction replays settings only."""
 
 import os
-from typing import List, Optional
+from typing import Dict, List, Mapping, Optional, Sequence
 
-NOT_SETTINGS = ("tracking", "hydra")
+NOT_SETTINGS = ("tracking", "hydra", "atlas")
+# Config keys that change no picture: what to report, and a default already resolved into `layer`.
+NOT_PICTURE = ("optimized_metric", "save_gif", "gif_filter", "model.default_layer")
 
 
 def is_setting(key: str) -> bool:
@@ -17,13 +19,46 @@ def override_key(override: str) -> str:
     return override.split("=", 1)[0].lstrip("+~")
 
 
-def run_name(overrides: List[str], only_keys: Optional[List[str]] = None) -> Optional[str]:
-    """`filters=0:16,layer=block3_conv1` from a job's overrides (sorted, like Hydra's override_dirname);
-    a file path shows as its file name."""
+def picture_params(flat: Mapping[str, str]) -> Dict[str, str]:
+    """A run's MLflow params: the settings that make the picture, without unset (None) values."""
+    params = {}
+    for key, value in flat.items():
+        if not is_setting(key) or key in NOT_PICTURE or value == "None" or key.endswith("._partial_"):
+            continue
+        if key.endswith("._target_"):  # param._target_=filterviz.core.params.Fourier -> param=Fourier
+            key, value = key[: -len("._target_")], value.rsplit(".", 1)[-1]
+        params[key] = value
+    return params
+
+
+def run_name(overrides: List[str], only_keys: Optional[List[str]] = None,
+             leading: Sequence[str] = ()) -> Optional[str]:
+    """`filters=0:16 layer=block3_conv1` from a job's overrides (sorted, like Hydra's override_dirname),
+    settings only, leaving out the `leading` keys; a file path shows as its file name."""
     kept = []
     for override in sorted(overrides):
         key = override_key(override)
-        if is_setting(key) and (only_keys is None or key in only_keys):
+        if is_setting(key) and key not in leading and (only_keys is None or key in only_keys):
             value = override.split("=", 1)[1] if "=" in override else ""
             kept.append(f"{key}={os.path.basename(value)}" if os.sep in value else override.lstrip("+"))
-    return ",".join(kept) or None
+    return " ".join(kept) or None
+
+
+def filter_span(filters: Sequence[int]) -> str:
+    """`f3`, `f0-15`, `f1,5,9` or `512 filters`: which filters, in a few characters."""
+    if len(filters) == 1:
+        return f"f{filters[0]}"
+    if list(filters) == list(range(filters[0], filters[0] + len(filters))):
+        return f"f{filters[0]}-{filters[-1]}"
+    return "f" + ",".join(map(str, filters)) if len(filters) <= 4 else f"{len(filters)} filters"
+
+
+LEADING = ("model", "model.path", "layer", "filters")
+
+
+def describe(model: str, layer: str, filters: Sequence[int], overrides: List[str]) -> str:
+    """A run's name: what matters first (model, layer, filters), then the other settings given,
+    e.g. `vgg16 block3_conv1 f0-15 · iters=40 step_size=5`."""
+    lead = f"{model} {layer} {filter_span(filters)}"
+    rest = run_name(overrides, leading=LEADING)
+    return f"{lead} · {rest}" if rest else lead

@@ -9,6 +9,7 @@ names the jobs that failed, ends the parent run, and makes the sweep exit non-ze
 
 import json
 import sys
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, List, Optional
@@ -69,8 +70,8 @@ class MlflowSweepCallback(Callback):
         global _running
         sweep_dir = Path(config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        if not config.tracking.enabled:
-            return
+        if not config.tracking.enabled or config.get("atlas"):
+            return  # an atlas keeps its own parent run (filterviz/atlas/build.py)
         from filterviz.recording import provenance, tracking  # MLflow only when tracking
         from filterviz.console import import_tensorflow_quietly
 
@@ -82,7 +83,7 @@ class MlflowSweepCallback(Callback):
         keys = [override_key(o) for o in sweeping]
         tracker = tracking.Tracker(tracking.resolve_store(config.tracking.uri), config.tracking.experiment)
         command = " ".join(["python", "-m", "filterviz", *sys.argv[1:]])
-        parent = tracker.start_parent(" ".join(sweeping) or "sweep", {
+        parent = tracker.start_parent(parent_name(config, keys, sweeping), {
             **provenance.provenance_tags(command), "filterviz.sweep_dir": str(sweep_dir.resolve())})
         record = SweepRecord(tracker.store.uri, config.tracking.experiment, parent, keys)
         (sweep_dir / RECORD).write_text(json.dumps(asdict(record)))
@@ -90,6 +91,8 @@ class MlflowSweepCallback(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         global _running
+        if config.get("atlas"):
+            return
         sweep_dir = Path(config.hydra.sweep.dir)
         failures = sorted(sweep_dir.glob(f"*/{ERROR_FILE}"), key=lambda p: _job_order(p.parent.name))
         record = read_record(sweep_dir)
@@ -100,6 +103,7 @@ class MlflowSweepCallback(Callback):
             multirun_yaml = sweep_dir / "multirun.yaml"
             if multirun_yaml.is_file():
                 tracker.client.log_artifact(record.parent_run_id, str(multirun_yaml))
+            summarize(tracker, record.parent_run_id, config.optimized_metric)
             tracker.end_parent(record.parent_run_id, failed=len(failures))
             _running = None
             print(f"sweep recorded as MLflow run {record.parent_run_id}; see it: {tracker.store.ui_command()}")
@@ -109,6 +113,37 @@ class MlflowSweepCallback(Callback):
                 overrides, error = path.read_text().splitlines()[:2]
                 print(f"  #{path.parent.name} {overrides}: {error}", file=sys.stderr)
             sys.exit(1)
+
+
+def parent_name(config: DictConfig, swept_keys: List[str], sweeping: List[str]) -> str:
+    """`vgg16 block2_conv1 · sweep step_size=0.02,0.1`: what the sweep is on, then what it sweeps."""
+    lead = " ".join(str(config[k] if k != "model" else config.model.name) for k in ("model", "layer")
+                    if k not in swept_keys)
+    return f"{lead} · sweep {' '.join(sweeping)}" if sweeping else f"{lead} · sweep"
+
+
+def summarize(tracker, parent_run_id: str, metric: str) -> None:
+    """The parent's row says what the sweep held fixed (params every finished job shares) and how
+    it went (the best job's `metric`, as `best/<metric>`, and that job in tag filterviz.best_run)."""
+    from mlflow.entities import Metric, Param
+    from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+    children = tracker.client.search_runs(
+        [tracker.experiment_id], f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}' and attributes.status = 'FINISHED'")
+    if not children:
+        return
+    shared = dict(children[0].data.params)
+    for child in children[1:]:
+        shared = {k: v for k, v in shared.items() if child.data.params.get(k) == v}
+    scored = [c for c in children if metric in c.data.metrics]
+    metrics = []
+    if scored:
+        best = max(scored, key=lambda c: c.data.metrics[metric])
+        tracker.client.set_tag(parent_run_id, "filterviz.best_run", f"{best.info.run_name} ({best.info.run_id})")
+        metrics = [Metric(f"best/{metric}", best.data.metrics[metric], int(time.time() * 1000), 0)]
+    params = [Param(k, v) for k, v in shared.items()]
+    for i in range(0, max(len(params), 1), 100):
+        tracker.client.log_batch(parent_run_id, metrics=metrics if i == 0 else [], params=params[i : i + 100])
 
 
 def _job_order(name: str) -> tuple:

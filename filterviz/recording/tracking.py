@@ -31,11 +31,13 @@ SWEEP_TAG = "filterviz.sweep"
 EXPERIMENT_TAGS = {
     "mlflow.experimentKind": "custom_model_development",
     "mlflow.note.content": (
-        "filterviz: pictures of what the filters of a convolutional network respond to, made by "
-        "gradient ascent. One run = one layer and some of its filters. Params: the settings that made "
-        "the pictures. Metrics: each image's objective per iteration (loss/filter_<i>), then quality "
-        "figures. Model metrics tab: each filter's picture by step (slider). Artifacts: PNGs, raw "
-        "arrays, the full config; `python -m filterviz.reproduce <run id>` runs it again."),
+        "filterviz: pictures of what the filters of a convolutional network respond to, made by gradient "
+        "ascent. One run = one layer and some of its filters, named model, layer, filters, then the settings "
+        "given. Params: the settings that made the pictures (preset: the preset used). Metrics: "
+        "activation/mean and objective/mean per iteration; per charted filter its activation per iteration "
+        "(activation/<layer>/f0012) and final figures; quality/* over the run. Model metrics tab: each "
+        "charted filter's picture by step (slider). Artifacts: every picture (pictures/), filters.json (every "
+        "filter's figures), raw arrays, the full config; `python -m filterviz.reproduce <run id>` runs it again."),
 }
 # MLflow retries an unreachable server for minutes by default; say so within seconds instead.
 # MLflow logs "Creating initial ... tables" on a new store, and every database error with its
@@ -192,10 +194,11 @@ class Tracker:
         except Exception:
             pass
 
-    def log_mean_loss(self, run_id: str, losses: np.ndarray) -> None:
-        """The mean over images of the objective at each iteration (step = iteration)."""
+    def log_curves(self, run_id: str, **curves: np.ndarray) -> None:
+        """Each (n_images, iters) curve's mean over images as `<name>/mean` (step = iteration)."""
         now = int(time.time() * 1000)
-        self.log_metrics(run_id, [Metric("loss/mean", float(v), now, step) for step, v in enumerate(losses.mean(axis=0))])
+        self.log_metrics(run_id, [Metric(f"{name}/mean", float(v), now, step) for name, values in curves.items()
+                                  for step, v in enumerate(np.nanmean(values, axis=0))])
 
     def log_values(self, run_id: str, **values: float) -> None:
         """Scalar metrics of the whole run."""
