@@ -124,6 +124,6 @@
     else if (e.key === "ArrowLeft") step(-1);
   });
   window.addEventListener("hashchange", route);
-  sortGrid($("sort").value); // a reload keeps the browser's remembered choice
+  if ($("sort").value !== "filter") sortGrid($("sort").value); // the choice a reload remembers
   route();
 })();
