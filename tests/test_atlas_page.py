@@ -37,8 +37,8 @@ def synthetic_manifest(site: Path) -> dict:
         for i in range(done):
             picture = f"pictures/{name}/filter_{i:04d}.png"
             (site / picture).parent.mkdir(parents=True, exist_ok=True)
-            gradient = np.linspace(0, 255, 32)[None, :, None] * rng.random(3)
-            Image.fromarray((gradient + rng.integers(0, 40, (32, 32, 3))).clip(0, 255).astype(np.uint8)).save(site / picture)
+            gradient = np.linspace(0, 255, 32)[None, :, None] * rng.random(3) + rng.integers(0, 40, (32, 32, 3))
+            Image.fromarray(gradient.clip(0, 255).astype(np.uint8)).save(site / picture)
             dead = (name, i) == DEAD
             figures = {"final_activation": 0.0 if dead else float(rng.random() * 5),
                        "robustness": float(rng.random()), "hf_fraction": float(rng.random() * 0.3)}
@@ -216,6 +216,10 @@ def test_a_layer_page_sorts_its_filters_and_details_one(atlas, ui_page, page_err
     expect(detail.get_by_role("heading")).to_have_text(f"{layer['name']} · filter {chosen['filter']}")
     expect(detail.locator("code")).to_have_text(chosen["command"])
     assert detail.locator("code").text_content() == chosen["command"]  # to_have_text trims; a copy must not
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"])
+    detail.get_by_role("button", name="copy").click()
+    expect(detail.get_by_role("button", name="copied")).to_be_visible()
+    assert page.evaluate("() => navigator.clipboard.readText()") == chosen["command"]
     expect(detail.get_by_role("link", name="MLflow run")).to_have_attribute("href", chosen["run_url"])
     expect(detail.locator("#detail-figures tr")).to_have_text(
         [f"{name}{fmt(chosen['figures'][name])}" for name in sorted(FIGURES)])
