@@ -1,0 +1,1 @@
+"""The atlas: every filter of every conv layer of a model, rendered and browsable as a static web site."""
