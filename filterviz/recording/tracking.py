@@ -45,7 +45,8 @@ EXPERIMENT_TAGS = {
 # The same for a tracking server that went away while points were being sent in the background.
 for _logger in ("mlflow.store.db.utils", "mlflow.utils.async_logging.async_logging_queue"):
     logging.getLogger(_logger).setLevel(logging.CRITICAL)
-for _name, _value in {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+# And its download progress bars are noise between filterviz's own lines.
+for _name, _value in {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
                       "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}.items():
     os.environ.setdefault(_name, _value)
 

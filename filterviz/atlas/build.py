@@ -1,0 +1,121 @@
+"""`python -m filterviz.atlas`: the atlas's own loop, run by its Hydra sweeper in the launching process.
+
+Plans the jobs of the filters the store does not hold yet, hands them to Hydra's launcher
+(in-process, joblib or SLURM) a batch at a time, prints a line per finished job, and at the
+end gathers every job's pictures and figures into the atlas page, logged to the parent run.
+"""
+
+import json
+import shlex
+import sys
+import time
+from dataclasses import asdict
+from datetime import timedelta
+from pathlib import Path
+from typing import Callable, List, Optional, Sequence
+
+from omegaconf import DictConfig, OmegaConf
+
+from filterviz.atlas import plan, record
+from filterviz.core import models
+from filterviz.errors import ConfigError
+from filterviz.recording import provenance, settings, sweep, tracking
+
+# Launches one batch of jobs, each a list of overrides, numbered from the given index; returns
+# when all have ended (Hydra's Launcher.launch).
+Launch = Callable[[List[List[str]], int], object]
+SITE = "atlas"  # the page's folder in the sweep folder and in the parent run's artifacts
+
+
+def user_overrides(arguments: Sequence[str]) -> List[str]:
+    """The command line's settings, without the atlas's own keys or Hydra's."""
+    return [a for a in arguments if settings.is_setting(settings.override_key(a))
+            and settings.override_key(a) not in ("layer", "filters")]
+
+
+def make_atlas(config: DictConfig, arguments: Sequence[str], launch: Launch, batch: int) -> None:
+    cfg = config
+    if not cfg.tracking.enabled:
+        raise ConfigError("the atlas resumes from its MLflow store: it needs tracking (not tracking=off)")
+    model = models.load_model(cfg.model.name, None if cfg.model.name != "file" else cfg.model.weights,
+                              cfg.model.path)  # the architecture only: each job loads the weights
+    layers = plan.select_layers(models.conv_layers(model, cfg.input_size), cfg.atlas.layers)
+    for layer in layers:
+        models.check_input_size(models.cut_at(model, layer.name), cfg.input_size)
+    del model
+
+    job_cfg = OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True,
+                                     enum_to_str=True)
+    picture = {k: v for k, v in settings.picture_params(tracking.flatten(job_cfg)).items()
+               if k not in ("layer", "filters", "preset")}
+    atlas_id = plan.identity(picture)
+    base = user_overrides(arguments)
+    tracker = tracking.Tracker(tracking.resolve_store(cfg.tracking.uri), cfg.tracking.experiment)
+    name = " ".join([f"{models_name(cfg)} atlas", *(["·", *base] if base else [])])
+    command = shlex.join(["python", "-m", "filterviz.atlas", *arguments])
+    parent, resumed = record.open_parent(tracker, atlas_id, name,
+                                         {**picture, "atlas.layers": ",".join(l.name for l in layers)},
+                                         provenance.provenance_tags(command))
+    sweep_dir = Path(cfg.hydra.sweep.dir)
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    running = sweep.SweepRecord(tracker.store.uri, cfg.tracking.experiment, parent, [])
+    (sweep_dir / sweep.RECORD).write_text(json.dumps(asdict(running)))
+    sweep._running = running  # a stop signal ends the parent KILLED
+
+    done = record.done_filters(record.finished_jobs(tracker, parent))
+    jobs = plan.plan_jobs(layers, done, cfg.batch_size, cfg.atlas.chunk)
+    total = sum(layer.filters for layer in layers)
+    cost = plan.costs(layers)
+    print(f"atlas {atlas_id} of {models_name(cfg)}: {len(layers)} layer(s), {total} filters in "
+          + (f"{len(jobs)} job(s)" if not resumed else
+             f"{len(jobs)} job(s) left ({sum(len(j.filters) for j in jobs)} filters; the others are done)")
+          + f"; MLflow run {parent}")
+
+    start, spent, left = time.monotonic(), 0.0, sum(cost[j.layer] * len(j.filters) for j in jobs)
+    finished = total - sum(len(j.filters) for j in jobs)
+    failed: List[str] = []
+    for first in range(0, len(jobs), batch):
+        chunk = jobs[first : first + batch]
+        launch([[*arguments, *job.overrides()] for job in chunk], first)
+        for number, job in enumerate(chunk, first):
+            error = sweep_dir / str(number) / sweep.ERROR_FILE
+            if error.is_file():
+                failed.append(f"  {job.name}: {error.read_text().splitlines()[1]}")
+            else:
+                finished += len(job.filters)
+            spent += cost[job.layer] * len(job.filters)
+            elapsed = time.monotonic() - start
+            eta = elapsed / spent * (left - spent) if spent else 0.0
+            print(f"atlas: {job.name} {'failed' if error.is_file() else 'done'} · {finished}/{total} filters · "
+                  f"{_clock(elapsed)} elapsed · ETA {_clock(eta)}", flush=True)
+
+    runs = record.finished_jobs(tracker, parent)
+    site_dir = sweep_dir / SITE
+    layers_data = record.gather(tracker, runs, site_dir, base, {layer.name: layer.filters for layer in layers})
+    from filterviz.atlas.page import write_site
+
+    index = write_site({"title": name, "model": models_name(cfg), "settings": dict(sorted(picture.items())),
+                        "run_id": parent, "run_url": tracker.run_url(parent), "figures": record.FIGURES,
+                        "layers": layers_data}, site_dir)
+    tracker.client.log_artifacts(parent, str(site_dir), SITE)
+    if failed:
+        tracker.end_parent(parent, failed=len(failed))
+    else:
+        tracker.end_parent(parent, failed=0)
+    sweep._running = None
+    print(f"atlas page: {index.resolve()}")
+    print(f"MLflow run: {parent}  (the page is also its artifact {SITE}/index.html); see it: "
+          f"{tracker.store.ui_command()}")
+    if failed:
+        print(f"error: {len(failed)} job(s) of the atlas failed (run the same command again to redo them):",
+              file=sys.stderr)
+        print("\n".join(failed), file=sys.stderr)
+        sys.exit(1)
+
+
+def models_name(cfg: DictConfig) -> str:
+    return cfg.model.name if cfg.model.name != "file" else Path(cfg.model.path).stem
+
+
+def _clock(seconds: float) -> str:
+    return str(timedelta(seconds=round(seconds)))

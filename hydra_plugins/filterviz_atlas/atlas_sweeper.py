@@ -1,0 +1,39 @@
+"""`hydra/sweeper=atlas`: the jobs of an atlas come from the model, not from the command line.
+
+Kept thin, and free of TensorFlow and MLflow at import (Hydra imports every plugin at start):
+the loop is filterviz/atlas/build.py; jobs go through whichever launcher is configured.
+"""
+
+import os
+from typing import Any, List, Optional
+
+from hydra.core.plugins import Plugins
+from hydra.plugins.sweeper import Sweeper
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig
+
+
+class AtlasSweeper(Sweeper):
+    def __init__(self, batch: Optional[int] = None):
+        self.batch = batch  # jobs handed to the launcher at once; null: as many as it runs in parallel
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.config = config
+        self.launcher = Plugins.instance().instantiate_launcher(
+            hydra_context=hydra_context, task_function=task_function, config=config)
+
+    def sweep(self, arguments: List[str]) -> Any:
+        from filterviz.console import import_tensorflow_quietly
+
+        import_tensorflow_quietly()  # before anything imports it loudly
+        from filterviz.atlas.build import make_atlas
+
+        make_atlas(self.config, arguments, self.launcher.launch, self.batch or self._parallel())
+
+    def _parallel(self) -> int:
+        """How many jobs the configured launcher runs at once (1 in-process)."""
+        launcher = self.config.hydra.launcher
+        n_jobs = launcher.get("n_jobs")  # joblib; -1 and below count back from the CPUs
+        if n_jobs is not None:
+            return n_jobs if n_jobs > 0 else max(1, (os.cpu_count() or 1) + 1 + n_jobs)
+        return launcher.get("array_parallelism") or 1  # submitit

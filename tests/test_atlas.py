@@ -1,0 +1,175 @@
+"""The atlas as a user runs it: `python -m filterviz.atlas ...` on a small saved conv model, end
+to end into a fresh store; killed with SIGKILL mid-way and run again, it finishes with the
+same images as an atlas that was never interrupted."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+
+from filterviz.atlas import plan
+from filterviz.core.models import ConvLayer
+from filterviz.errors import ConfigError
+
+LAYERS = {"conv_a": 6, "conv_b": 8, "conv_c": 4}
+
+
+@pytest.fixture(scope="module")
+def small_model(tmp_path_factory):
+    """Three convolutions (a 1x1 one too), random weights fixed by a seed, saved as a .keras file."""
+    import keras
+
+    keras.utils.set_random_seed(3)
+    inputs = keras.Input((None, None, 3))
+    x = keras.layers.Conv2D(6, 3, activation="relu", name="conv_a")(inputs)
+    x = keras.layers.MaxPooling2D()(x)
+    x = keras.layers.Conv2D(8, 3, activation="relu", name="conv_b")(x)
+    x = keras.layers.Conv2D(4, 1, name="conv_c")(x)
+    path = tmp_path_factory.mktemp("model") / "small.keras"
+    keras.Model(inputs, x, name="small").save(path)
+    return path
+
+
+def atlas_args(model: Path) -> list:
+    return ["model=file", f"model.path={model}", "model.weights=null", "experiment=seed", "iters=30",
+            "input_size=24", "atlas.chunk=2"]
+
+
+def start_atlas(args, cwd: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "filterviz.atlas", *args], cwd=cwd, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            env={**os.environ, "HYDRA_FULL_ERROR": "0", "MLFLOW_TRACKING_URI": ""})
+
+
+def store(cwd: Path) -> MlflowClient:
+    return MlflowClient(tracking_uri=f"sqlite:///{cwd / 'mlruns' / 'mlflow.db'}")
+
+
+def runs_by_kind(cwd: Path):
+    client = store(cwd)
+    runs = client.search_runs([client.get_experiment_by_name("filterviz").experiment_id])
+    parents = [r for r in runs if r.data.tags.get("filterviz.sweep") == "atlas"]
+    return parents, [r for r in runs if r not in parents]
+
+
+def site_of(proc_stdout: str) -> Path:
+    [line] = [line for line in proc_stdout.splitlines() if line.startswith("atlas page: ")]
+    return Path(line[len("atlas page: "):]).parent
+
+
+def pictures(site: Path) -> dict:
+    return {p.relative_to(site).as_posix(): p.read_bytes() for p in sorted(site.glob("pictures/*/*.png"))}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(small_model, tmp_path_factory):
+    cwd = tmp_path_factory.mktemp("atlas-whole")
+    proc = start_atlas(atlas_args(small_model), cwd)
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err
+    return cwd, out, err
+
+
+def test_the_atlas_renders_every_filter_of_every_conv_layer_under_one_parent(uninterrupted):
+    cwd, out, err = uninterrupted
+    [parent], children = runs_by_kind(cwd)
+    assert parent.info.status == "FINISHED" and parent.info.run_name.startswith("small atlas")
+    assert len(children) == 3 + 4 + 2  # 2 filters a job
+    assert all(c.info.status == "FINISHED" and c.data.tags["mlflow.parentRunId"] == parent.info.run_id
+               for c in children)
+    assert out.count("atlas: ") == len(children)  # a progress line per job
+    assert "atlas: conv_c f2-3 done · 18/18 filters" in out and "Traceback" not in err
+
+    site = site_of(out)
+    manifest = json.loads((site / "atlas.json").read_text())
+    assert [(layer["name"], layer["n_filters"], [f["filter"] for f in layer["filters"]])
+            for layer in manifest["layers"]] == [(n, k, list(range(k))) for n, k in LAYERS.items()]
+    assert len(pictures(site)) == 18 and (site / "index.html").is_file()
+    some = manifest["layers"][1]["filters"][5]
+    assert some["command"].startswith("python -m filterviz model=file") and some["command"].endswith(
+        "layer=conv_b filters=5")
+    logged = {a.path for a in store(cwd).list_artifacts(parent.info.run_id, "atlas")}
+    assert "atlas/index.html" in logged
+
+
+def test_a_sigkilled_atlas_resumes_to_the_same_images(small_model, uninterrupted, tmp_path):
+    args = atlas_args(small_model)
+    proc = start_atlas(args, tmp_path)
+    for line in proc.stdout:  # the atlas's first line comes once its store exists: opening it earlier races
+        if line.startswith("atlas "):
+            break
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        _, children = runs_by_kind(tmp_path)
+        if sum(c.info.status == "FINISHED" for c in children) >= 3:
+            break
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate()
+    _, children = runs_by_kind(tmp_path)
+    assert 3 <= sum(c.info.status == "FINISHED" for c in children) < 9, "killed mid-way"
+
+    again = start_atlas(args, tmp_path)
+    out, err = again.communicate(timeout=600)
+    assert again.returncode == 0, err
+    assert "job(s) left" in out
+    [parent], children = runs_by_kind(tmp_path)
+    assert parent.info.status == "FINISHED"
+    finished = [c for c in children if c.info.status == "FINISHED"]
+    assert len(finished) == 9 and len({c.data.tags["filterviz.filters"] + c.data.tags["filterviz.layer"]
+                                       for c in finished}) == 9, "no job done twice"
+    whole = pictures(site_of(uninterrupted[1]))
+    resumed = pictures(site_of(out))
+    assert resumed.keys() == whole.keys() and all(resumed[k] == whole[k] for k in whole)
+    # and bit for bit, the raw images of every job
+    client_a, client_b = store(uninterrupted[0]), store(tmp_path)
+    _, jobs_a = runs_by_kind(uninterrupted[0])
+    raw_a = {(r.data.tags["filterviz.layer"], r.data.tags["filterviz.filters"]): r.info.run_id for r in jobs_a}
+    for run in finished:
+        key = (run.data.tags["filterviz.layer"], run.data.tags["filterviz.filters"])
+        a = np.load(client_a.download_artifacts(raw_a[key], "images.npy", str(tmp_path / "a" / run.info.run_id)))
+        b = np.load(client_b.download_artifacts(run.info.run_id, "images.npy", str(tmp_path / "b" / run.info.run_id)))
+        assert np.array_equal(a, b), key
+
+
+LAYER_LIST = [ConvLayer("block1_conv1", 64, 1.0), ConvLayer("block1_conv2", 64, 20.0),
+              ConvLayer("block2_conv1", 128, 30.0), ConvLayer("block5_conv1", 512, 160.0)]
+
+
+def test_layers_are_chosen_by_name_or_pattern_and_a_wrong_one_says_which_exist():
+    assert [layer.name for layer in plan.select_layers(LAYER_LIST, "block1_*")] == ["block1_conv1", "block1_conv2"]
+    assert [layer.name for layer in plan.select_layers(LAYER_LIST, ["block5_conv1", "block1_conv1"])] == [
+        "block1_conv1", "block5_conv1"]
+    assert len(plan.select_layers(LAYER_LIST, "all")) == 4
+    with pytest.raises(ConfigError, match="'block9_\\*' matches no convolution of this model; its convolutions are "
+                                          "block1_conv1, block1_conv2"):
+        plan.select_layers(LAYER_LIST, "block9_*")
+
+
+def test_jobs_cover_the_filters_not_done_and_cheap_layers_get_bigger_jobs():
+    jobs = plan.plan_jobs(LAYER_LIST, {"block1_conv2": set(range(10, 64)), "block5_conv1": {0, 1, 2}}, 16)
+    covered = {(j.layer, f) for j in jobs for f in j.filters}
+    expected = {(layer.name, f) for layer in LAYER_LIST for f in range(layer.filters)} - {
+        ("block1_conv2", f) for f in range(10, 64)} - {("block5_conv1", f) for f in (0, 1, 2)}
+    assert covered == expected and len(covered) == sum(len(j.filters) for j in jobs)
+    first = {}
+    for job in jobs:
+        first.setdefault(job.layer, job)
+    assert len(first["block1_conv1"].filters) == 64 and first["block5_conv1"].filters == tuple(range(3, 67))
+    assert len(first["block2_conv1"].filters) == 128  # the whole layer: 21 batches of it cost 4 of block5
+    assert jobs[0].overrides() == ["layer=block1_conv1", "filters=0:64"]
+    assert [len(j.filters) for j in plan.plan_jobs(LAYER_LIST[:1], {}, 16, chunk=24)] == [24, 24, 16]
+
+
+def test_a_setting_that_changes_pictures_makes_another_atlas():
+    same = {"iters": "64", "seed": "0"}
+    assert plan.identity(same) == plan.identity(dict(reversed(same.items())))
+    assert plan.identity(same) != plan.identity({**same, "seed": "1"})
