@@ -20,14 +20,21 @@ def override_key(override: str) -> str:
 
 
 def picture_params(flat: Mapping[str, str]) -> Dict[str, str]:
-    """A run's MLflow params: the settings that make the picture, without unset (None) values."""
+    """A run's MLflow params: the settings that make the picture, without unset (None) values. A
+    group that builds a class is one param, `param=Fourier(decay=1.0, std=0.01)`: few enough
+    params that the UI's image cards, which caption each picture with them all, show the picture."""
+    kept = {k: v for k, v in flat.items()
+            if is_setting(k) and k not in NOT_PICTURE and v != "None" and not k.endswith("._partial_")}
+    groups = [k[: -len("._target_")] for k in kept if k.endswith("._target_")]
     params = {}
-    for key, value in flat.items():
-        if not is_setting(key) or key in NOT_PICTURE or value == "None" or key.endswith("._partial_"):
-            continue
-        if key.endswith("._target_"):  # param._target_=filterviz.core.params.Fourier -> param=Fourier
-            key, value = key[: -len("._target_")], value.rsplit(".", 1)[-1]
-        params[key] = value
+    for key, value in kept.items():
+        group = next((g for g in groups if key.startswith(f"{g}.")), None)
+        if group is None:
+            params[key] = value
+        elif key == f"{group}._target_":
+            values = ", ".join(f"{k[len(group) + 1:]}={v}" for k, v in kept.items()
+                               if k.startswith(f"{group}.") and k != key)
+            params[group] = f"{value.rsplit('.', 1)[-1]}({values})"
     return params
 
 
