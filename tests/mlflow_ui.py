@@ -16,6 +16,9 @@ What the MLflow 3.17 UI does, and what these helpers assume (seen in headless Ch
 - `log_image(..., key=K, step=S)` images show as one chart card per key (an "Image grid"
   chart), with a step slider, on a run's "Model metrics" tab and in the experiment's chart
   view, where every visible run gets its own image in the card.
+- Each picture in an image card is captioned with every param of its run unless the card's
+  "Show run parameters" is turned off (`hide_run_params`); with filterviz's ~18 params the
+  caption leaves the picture little room.
 - The classic compare page (`#/compare-runs?runs=[...]`) shows neither those images nor
   per-step metric charts.
 """
@@ -235,6 +238,30 @@ def images_loaded(card) -> bool:
     """Whether every image of the card has been fetched and decoded (not a broken icon)."""
     return card.locator(CARD_IMAGE).evaluate_all(
         "els => els.length > 0 && els.every(e => e.complete && e.naturalWidth > 0)")
+
+
+def hide_run_params(page, card) -> None:
+    """Turn off the card's "Show run parameters" (⋮ > Configure), as a user does to give the
+    pictures the card's room: MLflow 3.17 captions each picture with every param of its run."""
+    card.locator('[data-testid="experiment-view-compare-runs-card-menu"]').click()
+    page.get_by_role("menuitem", name="Configure").click()
+    dialog = page.get_by_role("dialog")
+    dialog.get_by_role("switch", name="Show run parameters").click()
+    dialog.get_by_role("button", name="Save changes").click()
+    dialog.wait_for(state="hidden")
+
+
+def resize(page, card, wider: int, taller: int) -> None:
+    """Drag the card's resize corner, as a user does to see every run's picture (a card shows
+    them one under the other)."""
+    handle = card.locator("xpath=ancestor::div[contains(@class, 'react-resizable')][1]").locator(
+        '[data-testid="draggable-card-resize-handle"]')
+    box = handle.bounding_box()
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.mouse.move(x, y)
+    page.mouse.down()
+    page.mouse.move(x + wider, y + taller, steps=10)
+    page.mouse.up()
 
 
 def set_step(card, step: int) -> None:

@@ -17,6 +17,8 @@ from mlflow_ui import (  # noqa: F401  (chromium_browser, page_errors, ui_page: 
     chart_view_url,
     chromium_browser,
     experiment_url,
+    hide_run_params,
+    resize,
     image_runs,
     image_steps,
     images_loaded,
@@ -100,6 +102,9 @@ def test_a_run_shows_each_filters_ascent_with_a_step_slider(ui, store, ui_page, 
     wait_until(lambda: images_loaded(card) and image_runs(card) == [run_id], what="the run's picture")
     set_step(card, ITERS)
     wait_until(lambda: images_loaded(card) and image_steps(card) == [ITERS], what="the final picture")
+    hide_run_params(page, card)
+    card.scroll_into_view_if_needed()
+    wait_until(lambda: images_loaded(card), what="the picture, uncaptioned")
     page.screenshot(path=shots / "ui-run-images.png")
     assert unexpected_errors(page_errors) == []
 
@@ -111,19 +116,24 @@ def test_the_chart_view_compares_the_sweeps_runs_pictures_and_curves(ui, store, 
     page.goto(chart_view_url(ui, store["experiment_id"]))
     unfold_sweep(page)
     search = page.get_by_placeholder("Search metric charts")
-    search.fill("activation/block2_conv1/f0000")
-    curves = chart_card(page, "activation/block2_conv1/f0000")
+    search.fill("activation/block2_conv1/f0001")  # filter 0 of block2_conv1 never fires: a flat curve
+    curves = chart_card(page, "activation/block2_conv1/f0001")
     for name in store["runs"]:
         expect(curves).to_contain_text(name)  # the legend: both runs' curves
-    search.fill("block2_conv1/f0000")
-    pictures = chart_card(page, "block2_conv1/f0000")
+    search.fill("conv1/f0001")
+    pictures = chart_card(page, "block2_conv1/f0001")
     for name in store["runs"]:
         expect(pictures).to_contain_text(name)
     wait_until(lambda: images_loaded(pictures) and sorted(image_runs(pictures)) == sorted(store["runs"].values()),
                what="both runs' pictures")
-    pictures.locator('button[data-component-id="fullscreen_button_chartcard"]').click()
-    dialog = page.get_by_role("dialog")
-    set_step(dialog, ITERS)
-    wait_until(lambda: images_loaded(dialog) and image_steps(dialog) == [ITERS, ITERS], what="both final pictures")
+    set_step(pictures, ITERS)
+    wait_until(lambda: images_loaded(pictures) and image_steps(pictures) == [ITERS, ITERS],
+               what="both final pictures")
+    hide_run_params(page, pictures)
+    page.set_viewport_size({"width": 1400, "height": 1300})
+    pictures.scroll_into_view_if_needed()
+    resize(page, pictures, 0, 240)  # room for both pictures, one under the other
+    wait_until(lambda: images_loaded(pictures), what="both pictures, uncaptioned")
+    curves.evaluate("card => card.scrollIntoView({block: 'start'})")
     page.screenshot(path=shots / "ui-compare.png")
     assert unexpected_errors(page_errors) == []
