@@ -55,6 +55,8 @@ class AtlasConfig:
     layers: Any = "all"
     # filters per job; null: sized by each layer's cost
     chunk: Optional[int] = None
+    # the first N filters of each layer (a quick look, or a benchmark); null: every filter
+    per_layer: Optional[int] = None
 
 
 @dataclass

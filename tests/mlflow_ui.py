@@ -251,19 +251,6 @@ def hide_run_params(page, card) -> None:
     dialog.wait_for(state="hidden")
 
 
-def resize(page, card, wider: int, taller: int) -> None:
-    """Drag the card's resize corner, as a user does to see every run's picture (a card shows
-    them one under the other)."""
-    handle = card.locator("xpath=ancestor::div[contains(@class, 'react-resizable')][1]").locator(
-        '[data-testid="draggable-card-resize-handle"]')
-    box = handle.bounding_box()
-    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
-    page.mouse.move(x, y)
-    page.mouse.down()
-    page.mouse.move(x + wider, y + taller, steps=10)
-    page.mouse.up()
-
-
 def set_step(card, step: int) -> None:
     """Move a card's step slider by its number box (it commits on blur, not on Enter)."""
     box = card.locator('input[type="number"]')

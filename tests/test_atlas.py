@@ -17,6 +17,7 @@ from mlflow.tracking import MlflowClient
 from filterviz.atlas import plan
 from filterviz.core.models import ConvLayer
 from filterviz.errors import ConfigError
+from mlflow_ui import chromium_browser, page_errors, ui_page, unexpected_errors  # noqa: F401  (fixtures)
 
 LAYERS = {"conv_a": 6, "conv_b": 8, "conv_c": 4}
 
@@ -138,6 +139,30 @@ def test_a_sigkilled_atlas_resumes_to_the_same_images(small_model, uninterrupted
         a = np.load(client_a.download_artifacts(raw_a[key], "images.npy", str(tmp_path / "a" / run.info.run_id)))
         b = np.load(client_b.download_artifacts(run.info.run_id, "images.npy", str(tmp_path / "b" / run.info.run_id)))
         assert np.array_equal(a, b), key
+
+
+def test_the_atlas_page_opens_from_disk_with_every_picture_and_command(uninterrupted, ui_page, page_errors):
+    """The page of the real atlas above, in headless Chromium (the page's own behaviour, sorting
+    and the detail view, is specified on a synthetic atlas in test_atlas_page.py)."""
+    from playwright.sync_api import expect
+
+    site = site_of(uninterrupted[1])
+    manifest = json.loads((site / "atlas.json").read_text())
+    page = ui_page
+    page.goto((site / "index.html").as_uri())
+    expect(page.locator("table.layers tbody tr")).to_have_count(len(LAYERS))
+    for layer in manifest["layers"]:
+        page.goto((site / "index.html").as_uri())
+        page.get_by_role("link", name=layer["name"], exact=True).click()
+        tiles = page.locator("#grid .tile img")
+        expect(tiles).to_have_count(LAYERS[layer["name"]])
+        for i in range(tiles.count()):
+            tiles.nth(i).scroll_into_view_if_needed()
+        page.wait_for_function("() => [...document.images].every(i => i.complete)")
+        assert page.evaluate("() => [...document.images].filter(i => i.naturalWidth === 0).length") == 0
+        page.locator("#grid .tile").last.click()
+        expect(page.locator("#detail-command")).to_have_text(layer["filters"][-1]["command"])
+    assert unexpected_errors(page_errors) == []
 
 
 LAYER_LIST = [ConvLayer("block1_conv1", 64, 1.0), ConvLayer("block1_conv2", 64, 20.0),

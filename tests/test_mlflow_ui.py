@@ -18,7 +18,6 @@ from mlflow_ui import (  # noqa: F401  (chromium_browser, page_errors, ui_page: 
     chromium_browser,
     experiment_url,
     hide_run_params,
-    resize,
     image_runs,
     image_steps,
     images_loaded,
@@ -132,7 +131,6 @@ def test_the_chart_view_compares_the_sweeps_runs_pictures_and_curves(ui, store, 
     hide_run_params(page, pictures)
     page.set_viewport_size({"width": 1400, "height": 1300})
     pictures.scroll_into_view_if_needed()
-    resize(page, pictures, 0, 240)  # room for both pictures, one under the other
     wait_until(lambda: images_loaded(pictures), what="both pictures, uncaptioned")
     curves.evaluate("card => card.scrollIntoView({block: 'start'})")
     page.screenshot(path=shots / "ui-compare.png")

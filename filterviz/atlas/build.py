@@ -63,8 +63,9 @@ def make_atlas(config: DictConfig, arguments: Sequence[str], launch: Launch, bat
     sweep._running = running  # a stop signal ends the parent KILLED
 
     done = record.done_filters(record.finished_jobs(tracker, parent))
-    jobs = plan.plan_jobs(layers, done, cfg.batch_size, cfg.atlas.chunk)
-    total = sum(layer.filters for layer in layers)
+    jobs = plan.plan_jobs(layers, done, cfg.batch_size, cfg.atlas.chunk, cfg.atlas.per_layer)
+    sizes = {layer.name: plan.shown(layer, cfg.atlas.per_layer) for layer in layers}
+    total = sum(sizes.values())
     cost = plan.costs(layers)
     print(f"atlas {atlas_id} of {models_name(cfg)}: {len(layers)} layer(s), {total} filters in "
           + (f"{len(jobs)} job(s)" if not resumed else
@@ -91,7 +92,7 @@ def make_atlas(config: DictConfig, arguments: Sequence[str], launch: Launch, bat
 
     runs = record.finished_jobs(tracker, parent)
     site_dir = sweep_dir / SITE
-    layers_data = record.gather(tracker, runs, site_dir, base, {layer.name: layer.filters for layer in layers})
+    layers_data = record.gather(tracker, runs, site_dir, base, sizes)
     from filterviz.atlas.page import write_site
 
     index = write_site({"title": name, "model": models_name(cfg), "settings": dict(sorted(picture.items())),

@@ -52,18 +52,26 @@ def chunk_size(layer: ConvLayer, deepest_cost: float, batch_size: int, chunk: Op
 
 
 def plan_jobs(layers: Sequence[ConvLayer], done: Mapping[str, Set[int]], batch_size: int,
-              chunk: Optional[int] = None) -> List[Job]:
-    """The jobs for every filter of `layers` not in `done`, as contiguous runs of at most one chunk."""
+              chunk: Optional[int] = None, per_layer: Optional[int] = None) -> List[Job]:
+    """The jobs for every filter of `layers` (the first `per_layer` of each) not in `done`, as
+    contiguous runs of at most one chunk."""
     if chunk is not None and chunk < 1:
         raise ConfigError(f"atlas.chunk={chunk}: a job holds at least 1 filter (null: sized by layer cost)")
+    if per_layer is not None and per_layer < 1:
+        raise ConfigError(f"atlas.per_layer={per_layer}: at least 1 filter of each layer (null: all of them)")
     deepest = max((layer.cost for layer in layers), default=1.0)
     jobs = []
     for layer in layers:
         size = chunk_size(layer, deepest, batch_size, chunk)
-        todo = [f for f in range(layer.filters) if f not in done.get(layer.name, set())]
+        todo = [f for f in range(shown(layer, per_layer)) if f not in done.get(layer.name, set())]
         for run in _contiguous(todo):
             jobs += [Job(layer.name, tuple(run[i : i + size])) for i in range(0, len(run), size)]
     return jobs
+
+
+def shown(layer: ConvLayer, per_layer: Optional[int]) -> int:
+    """How many of the layer's filters the atlas holds."""
+    return layer.filters if per_layer is None else min(per_layer, layer.filters)
 
 
 def _contiguous(numbers: Iterable[int]) -> List[List[int]]:

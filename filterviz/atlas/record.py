@@ -82,8 +82,10 @@ def gather(tracker: Tracker, runs: Sequence[Run], site_dir: Path, base_command: 
             pictures = Path(tracker.client.download_artifacts(run_id, "pictures", tmp))
             by_layer[layer] += _filters(table, curves, pictures, folder, layer, run_id, tracker.run_url(run_id),
                                         base_command)
-    return [{"name": name, "n_filters": size, "done": len(by_layer[name]),
-             "filters": sorted(by_layer[name], key=lambda f: f["filter"])} for name, size in layer_sizes.items()]
+    shown = {name: sorted((f for f in by_layer[name] if f["filter"] < size), key=lambda f: f["filter"])
+             for name, size in layer_sizes.items()}  # an earlier command may have done more (atlas.per_layer)
+    return [{"name": name, "n_filters": size, "done": len(shown[name]), "filters": shown[name]}
+            for name, size in layer_sizes.items()]
 
 
 def _filters(table: dict, curves: np.ndarray, pictures: Path, folder: Path, layer: str, run_id: str, url: str,
