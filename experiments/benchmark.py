@@ -5,7 +5,7 @@ On one machine, in one run, interleaved rounds of:
   filterviz visualize_filters: the whole batch of filters in one compiled step
   bare      a compiled forward + input-gradient pass of the same batch, nothing else (the ceiling)
   filterviz-bf16  filterviz with precision=bfloat16 (Keras mixed precision), for reference
-  filterviz-live  filterviz streaming every loss point to a SQLite MLflow store as a run does
+  filterviz-live  filterviz streaming every activation point to a SQLite MLflow store as a run does
                   (recording/live.py; a send every tenth of the iterations), for the logging overhead
 for `--filters` filters of `--layer` at `--size`. Prints filter-iterations per second (median
 over rounds) and the ratios; targets: filterviz >= 3x notebook and >= 0.9x bare.
@@ -23,7 +23,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import tensorflow as tf  # noqa: E402
 
-from filterviz.core.ascent import visualize_filters  # noqa: E402
+from filterviz.core.ascent import ImageId, visualize_filters  # noqa: E402
 from filterviz.core.models import cut_at, load_model  # noqa: E402
 from filterviz.core.notebook import notebook_visualize_filter  # noqa: E402
 from filterviz.recording import tracking  # noqa: E402
@@ -68,7 +68,7 @@ def main() -> None:
     run_ids = [tracker.client.create_run(tracker.experiment_id).info.run_id for _ in range(args.rounds + 1)]
 
     def filterviz_live():
-        live = LiveRun(tracker, run_ids.pop(), {f: [str(f)] for f in filters}, args.iters)
+        live = LiveRun(tracker, run_ids.pop(), {ImageId(f, 0): f"{args.layer}/f{f:04d}" for f in filters}, args.iters)
         filterviz(on_step=live)
         live.close()  # every point in the store before the clock stops
 

@@ -90,6 +90,8 @@ def task(cfg: DictConfig) -> float:
         print(f"error: job #{hydra_cfg.job.num}: {error}", file=sys.stderr)
         sweep.record_failure(output_dir, overrides, error)
         return float("nan")  # an Optuna sweeper counts the trial as failed
+    if cfg.get("atlas"):
+        return result.figures[cfg.optimized_metric]  # the atlas prints a line per job
     print(f"images: {result.results_dir}")
     if result.run_id:
         print(f"MLflow run: {result.run_id}  (artifacts: {result.artifact_uri})")

@@ -11,8 +11,8 @@ from tqdm import tqdm
 class Progress:
     """A step callback for the ascent: updates the bar, prints the objective like the notebooks' loss lines."""
 
-    def __init__(self, n_filters: int, iters: int):
-        self.iters = iters
+    def __init__(self, n_filters: int, iters: int, lines: bool = True):
+        self.iters, self.lines = iters, lines  # lines=False: the bar only (an atlas job)
         self.every = max(1, iters // 10)
         # disable=None: no bar when stderr is not a terminal (logs, CI, subprocess tests)
         self.bar = tqdm(total=n_filters * iters, unit="filter-iter", file=sys.stderr, disable=None, leave=False)
@@ -20,7 +20,7 @@ class Progress:
     def __call__(self, chunk: Sequence[int], step: int, objective, activation=None) -> None:
         iteration = step % self.iters  # a retry's steps continue after the first attempt's
         self.bar.update(len(chunk))
-        if iteration % self.every == 0 or iteration == self.iters - 1:
+        if self.lines and (iteration % self.every == 0 or iteration == self.iters - 1):
             self.bar.write(_objective_line(chunk, iteration, self.iters, np.asarray(objective)), file=sys.stdout)
 
     def close(self) -> None:

@@ -160,7 +160,7 @@ def execute(plan: Plan, results_dir: Path, live: Optional[LiveRun] = None) -> Ou
     """Ascend, revive dead filters, judge the pictures and write them with everything else. On a
     stop signal, write what the ascent had reached, marked partial, before passing the stop on."""
     cfg = plan.cfg
-    progress = Progress(len(plan.filters), cfg.iters)
+    progress = Progress(len(plan.filters), cfg.iters, lines=not cfg.get("atlas"))  # an atlas prints per job
     on_step = progress if live is None else _both(progress, live)
     gif_filter = (plan.filters[0] if cfg.gif_filter is None else cfg.gif_filter) if cfg.save_gif else None
     ascent = Ascent(plan.cut.extractor, plan.recipe, on_step=on_step, gif_filter=gif_filter,
@@ -230,8 +230,9 @@ def run(cfg: DictConfig, output_dir: Path, overrides: Sequence[str] = (), comman
     tracker = open_store(cfg)
     plan = prepare(cfg)
     plan.overrides = list(overrides)
-    print(f"{plan.title}: {len(plan.filters)} filter(s), {cfg.iters} iterations, step {cfg.step_size}, "
-          f"{cfg.input_size}x{cfg.input_size}")
+    if not cfg.get("atlas"):
+        print(f"{plan.title}: {len(plan.filters)} filter(s), {cfg.iters} iterations, step {cfg.step_size}, "
+              f"{cfg.input_size}x{cfg.input_size}")
     results_dir = output_dir / "results"
     if tracker is None:
         outcome = execute(plan, results_dir)

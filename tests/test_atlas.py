@@ -165,6 +165,14 @@ def test_the_atlas_page_opens_from_disk_with_every_picture_and_command(uninterru
     assert unexpected_errors(page_errors) == []
 
 
+def test_a_wrong_layer_pattern_is_one_line_naming_the_layers(small_model, tmp_path):
+    proc = start_atlas([*atlas_args(small_model), "atlas.layers=conv_z*"], tmp_path)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1 and "Traceback" not in err
+    assert err.strip().splitlines()[-1] == ("error: atlas.layers: 'conv_z*' matches no convolution of this model; "
+                                            "its convolutions are conv_a, conv_b, conv_c")
+
+
 LAYER_LIST = [ConvLayer("block1_conv1", 64, 1.0), ConvLayer("block1_conv2", 64, 20.0),
               ConvLayer("block2_conv1", 128, 30.0), ConvLayer("block5_conv1", 512, 160.0)]
 

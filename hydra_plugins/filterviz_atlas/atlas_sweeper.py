@@ -5,6 +5,7 @@ the loop is filterviz/atlas/build.py; jobs go through whichever launcher is conf
 """
 
 import os
+import sys
 from typing import Any, List, Optional
 
 from hydra.core.plugins import Plugins
@@ -27,8 +28,13 @@ class AtlasSweeper(Sweeper):
 
         import_tensorflow_quietly()  # before anything imports it loudly
         from filterviz.atlas.build import make_atlas
+        from filterviz.errors import ConfigError
 
-        make_atlas(self.config, arguments, self.launcher.launch, self.batch or self._parallel())
+        try:
+            make_atlas(self.config, arguments, self.launcher.launch, self.batch or self._parallel())
+        except ConfigError as e:  # bad input: one line, not Hydra's report
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(1)
 
     def _parallel(self) -> int:
         """How many jobs the configured launcher runs at once (1 in-process)."""
