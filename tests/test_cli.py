@@ -99,13 +99,30 @@ def test_console_says_where_the_run_and_images_are(recorded):
     assert "images: " in proc.stdout
 
 
-def test_tracking_off_writes_images_without_a_store(tmp_path):
-    proc = run_cli("tracking=off", "layer=block1_conv1", "iters=2", "filters=0", "input_size=32",
-                   f"model.weights={WEIGHTS}", cwd=tmp_path)
+@pytest.fixture(scope="module")
+def untracked(tmp_path_factory):
+    """One run with tracking off, in bfloat16: what it writes, and what it says about the hardware."""
+    cwd = tmp_path_factory.mktemp("untracked")
+    proc = run_cli("tracking=off", "precision=bfloat16", "layer=block1_conv1", "iters=2", "filters=0",
+                   "input_size=32", f"model.weights={WEIGHTS}", cwd=cwd)
+    return cwd, proc
+
+
+def test_tracking_off_writes_images_without_a_store(untracked):
+    cwd, proc = untracked
     assert proc.returncode == 0, proc.stderr
-    assert not (tmp_path / "mlruns").exists()
+    assert not (cwd / "mlruns").exists()
     assert "MLflow run" not in proc.stdout
-    assert list(tmp_path.glob("outputs/*/*/results/pictures/filter_0000.png"))
+    assert list(cwd.glob("outputs/*/*/results/pictures/filter_0000.png"))
+
+
+def test_bfloat16_says_when_the_hardware_only_emulates_it(untracked):
+    from filterviz.core.hardware import bfloat16_units
+
+    _, proc = untracked
+    assert proc.returncode == 0, proc.stderr
+    warned = "warning: precision=bfloat16 on hardware without bfloat16 units" in proc.stderr
+    assert warned == (bfloat16_units() is None)
 
 
 # Bad input as the user meets it, one case per place it is caught: before TensorFlow is imported
@@ -231,13 +248,3 @@ def read_only(*paths):
     finally:
         for p, mode in zip(paths, modes):
             p.chmod(mode)
-
-
-def test_bfloat16_says_when_the_hardware_only_emulates_it(tmp_path):
-    from filterviz.core.hardware import bfloat16_units
-
-    proc = run_cli("precision=bfloat16", "tracking=off", "layer=block1_conv1", "iters=1", "input_size=16",
-                   f"model.weights={WEIGHTS}", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
-    warned = "warning: precision=bfloat16 on hardware without bfloat16 units" in proc.stderr
-    assert warned == (bfloat16_units() is None)
