@@ -22,6 +22,17 @@ def vgg16():
     return load_model("vgg16", str(WEIGHTS))
 
 
+def make_cfg(*overrides: str):
+    """The config that `python -m filterviz <overrides>` runs with, composed in this process."""
+    from hydra import compose, initialize_config_module
+
+    from filterviz.config import register_configs
+
+    register_configs()
+    with initialize_config_module(version_base="1.3", config_module="filterviz.conf"):
+        return compose("config", overrides=list(overrides))
+
+
 def run_cli(*overrides: str, cwd: Path, env=None) -> subprocess.CompletedProcess:
     """`python -m filterviz ...` in a subprocess, as a user runs it."""
     return subprocess.run(

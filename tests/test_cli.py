@@ -1,8 +1,12 @@
-"""The app as a user runs it: `python -m filterviz ...` in a subprocess, against a temp store."""
+"""The app as a user runs it: `python -m filterviz ...` in a subprocess, against a temp store.
+
+Bad settings beyond one per place they are caught go through `job.run` in this process: the
+command reports every ConfigError from it the same way, as one line and exit status 1."""
 
 import json
 import os
 import subprocess
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -10,7 +14,7 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import WEIGHTS, needs_weights, run_cli
+from conftest import WEIGHTS, make_cfg, needs_weights, run_cli
 
 pytestmark = needs_weights
 ITERS = 12
@@ -95,25 +99,50 @@ def test_console_says_where_the_run_and_images_are(recorded):
     assert "images: " in proc.stdout
 
 
-def test_tracking_off_writes_images_without_a_store(tmp_path):
-    proc = run_cli("tracking=off", "layer=block1_conv1", "iters=2", "filters=0", "input_size=32",
-                   f"model.weights={WEIGHTS}", cwd=tmp_path)
+@pytest.fixture(scope="module")
+def untracked(tmp_path_factory):
+    """One run with tracking off, in bfloat16: what it writes, and what it says about the hardware."""
+    cwd = tmp_path_factory.mktemp("untracked")
+    proc = run_cli("tracking=off", "precision=bfloat16", "layer=block1_conv1", "iters=2", "filters=0",
+                   "input_size=32", f"model.weights={WEIGHTS}", cwd=cwd)
+    return cwd, proc
+
+
+def test_tracking_off_writes_images_without_a_store(untracked):
+    cwd, proc = untracked
     assert proc.returncode == 0, proc.stderr
-    assert not (tmp_path / "mlruns").exists()
+    assert not (cwd / "mlruns").exists()
     assert "MLflow run" not in proc.stdout
-    assert list(tmp_path.glob("outputs/*/*/results/pictures/filter_0000.png"))
+    assert list(cwd.glob("outputs/*/*/results/pictures/filter_0000.png"))
 
 
+def test_bfloat16_says_when_the_hardware_only_emulates_it(untracked):
+    from filterviz.core.hardware import bfloat16_units
+
+    _, proc = untracked
+    assert proc.returncode == 0, proc.stderr
+    warned = "warning: precision=bfloat16 on hardware without bfloat16 units" in proc.stderr
+    assert warned == (bfloat16_units() is None)
+
+
+# Bad input as the user meets it, one case per place it is caught: before TensorFlow is imported
+# (iters=0), the group check before Hydra (model=resnet), after the model loads (layer=nope), and a
+# corrupt weights file (read by the HDF5 C library, whose own output only a real process would show).
 BAD_INPUTS = [
+    (["iters=0"], "iters=0: the number of iterations must be at least 1"),
+    (["model=resnet"], "unknown model 'resnet': use one of file, resnet50, vgg16, vgg19"),
     (["layer=nope"], "unknown layer 'nope' in vgg16: conv layers are block1_conv1"),
+    (["model.weights=CORRUPT"], "could not load weights from"),
+]
+# Every other check is a ConfigError out of job.run, which the command prints as that same one
+# error line with exit 1 (filterviz/__main__.py); checked in this process, a model build each, not a
+# TensorFlow import each.
+BAD_SETTINGS = [
     (["layer=block1_pool"], "'block1_pool' is a MaxPooling2D, not a convolution"),
     (["layer=block2_conv1", "filters=128"], "filter 128 is out of range: block2_conv1 has 128 filters, 0..127"),
-    (["iters=0"], "iters=0: the number of iterations must be at least 1"),
     (["step_size=0"], "the step size must be greater than 0"),
     (["layer=block5_conv1", "input_size=15"], "input_size=15 is too small for layer block5_conv1: the minimum is 16"),
-    (["model=resnet"], "unknown model 'resnet': use one of file, resnet50, vgg16, vgg19"),
     (["model.weights=/no/such/file.h5"], "weights file not found: /no/such/file.h5"),
-    (["model.weights=CORRUPT"], "could not load weights from"),
     (["filters=1-3"], "filters='1-3' is not valid: use an index (3), a list ([0,5,9]), a range (0:16)"),
     (["model=file"], "model=file needs model.path=<your .keras file>"),
     (["seed=-1"], "seed=-1: a seed is a whole number from 0 to 4294967295"),
@@ -123,16 +152,26 @@ BAD_INPUTS = [
     (["optimized_metric=beauty"], "optimized_metric=beauty: not a figure of a run"),
     (["tracking.uri=sqlite:////proc/no/store.db"], "cannot make the MLflow store's folder /proc/no"),
 ]
+HIDDEN_WARNINGS = (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning)  # Python's default
+
+
+def with_weights(overrides: list) -> list:
+    given = any(o.startswith("model.weights=") for o in overrides)
+    return overrides if given else [*overrides, f"model.weights={WEIGHTS}"]
+
+
+def assert_store_unchanged(recorded):
+    _, _, client, run, _ = recorded
+    runs = client.search_runs([run.info.experiment_id])
+    assert [(r.info.run_id, r.info.status) for r in runs] == [(run.info.run_id, "FINISHED")]
 
 
 @pytest.mark.parametrize("overrides, says", BAD_INPUTS, ids=[b[0][-1] for b in BAD_INPUTS])
 def test_bad_input_is_one_line_exit_1_and_leaves_the_store_intact(recorded, tmp_path, overrides, says):
-    cwd, _, client, run, _ = recorded
+    cwd = recorded[0]
     corrupt = tmp_path / "corrupt.weights.h5"
     corrupt.write_bytes(b"\x89HDF\r\n junk")
-    overrides = [o.replace("CORRUPT", str(corrupt)) for o in overrides]
-    if not any(o.startswith("model.weights=") for o in overrides):
-        overrides.append(f"model.weights={WEIGHTS}")
+    overrides = with_weights([o.replace("CORRUPT", str(corrupt)) for o in overrides])
     proc = run_cli(*overrides, "iters=1" if "iters=0" not in overrides else "seed=0", cwd=cwd,
                    env={"MLFLOW_TRACKING_URI": ""})
     assert proc.returncode == 1
@@ -140,8 +179,28 @@ def test_bad_input_is_one_line_exit_1_and_leaves_the_store_intact(recorded, tmp_
     assert lines == [lines[0]] and lines[0].startswith("error: "), proc.stderr
     assert says in lines[0]
     assert "Traceback" not in proc.stderr + proc.stdout
-    runs = client.search_runs([run.info.experiment_id])
-    assert [(r.info.run_id, r.info.status) for r in runs] == [(run.info.run_id, "FINISHED")]
+    assert_store_unchanged(recorded)
+
+
+@pytest.mark.parametrize("overrides, says", BAD_SETTINGS, ids=[b[0][-1] for b in BAD_SETTINGS])
+def test_bad_settings_are_a_one_line_config_error_and_leave_the_store_intact(recorded, tmp_path, monkeypatch,
+                                                                            capsys, overrides, says):
+    from filterviz import job
+    from filterviz.errors import ConfigError
+
+    monkeypatch.chdir(recorded[0])  # the default store, ./mlruns, is the recorded one
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "")
+    overrides = [*with_weights(overrides), "iters=1"]
+    cfg = make_cfg(*overrides)
+    with warnings.catch_warnings(record=True) as caught, pytest.raises(ConfigError) as error:
+        warnings.simplefilter("always")
+        job.run(cfg, tmp_path / "out", overrides)
+    message = str(error.value)
+    assert says in message and "\n" not in message
+    # nothing else would reach the console: no other output, no warning Python shows by default
+    assert capsys.readouterr().err == ""
+    assert [w.message for w in caught if not issubclass(w.category, HIDDEN_WARNINGS)] == []
+    assert_store_unchanged(recorded)
 
 
 def test_a_wrong_type_fails_in_hydra_with_its_own_message(tmp_path):
@@ -189,13 +248,3 @@ def read_only(*paths):
     finally:
         for p, mode in zip(paths, modes):
             p.chmod(mode)
-
-
-def test_bfloat16_says_when_the_hardware_only_emulates_it(tmp_path):
-    from filterviz.core.hardware import bfloat16_units
-
-    proc = run_cli("precision=bfloat16", "tracking=off", "layer=block1_conv1", "iters=1", "input_size=16",
-                   f"model.weights={WEIGHTS}", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
-    warned = "warning: precision=bfloat16 on hardware without bfloat16 units" in proc.stderr
-    assert warned == (bfloat16_units() is None)

@@ -1,21 +1,10 @@
 """The config tree composes as documented, each group builds its class, and a broken run ends FAILED."""
 
 import pytest
-from hydra import compose, initialize_config_module
 from hydra.errors import ConfigCompositionException
 from mlflow.tracking import MlflowClient
 
-from filterviz.config import register_configs
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _schema():
-    register_configs()
-
-
-def make_cfg(*overrides):
-    with initialize_config_module(version_base="1.3", config_module="filterviz.conf"):
-        return compose("config", overrides=list(overrides))
+from conftest import make_cfg
 
 
 def test_the_default_is_the_best_preset_and_the_seed_preset_is_the_notebooks():

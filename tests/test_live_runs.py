@@ -90,9 +90,11 @@ def test_a_sweep_stopped_ends_the_running_job_and_its_parent_killed(tmp_path):
 
 
 def test_a_run_killed_outright_is_ended_failed_by_the_next_command(tmp_path):
-    finished = run_cli(*LONG[:3], "iters=1", "input_size=16", LONG[-1], cwd=tmp_path, env={"MLFLOW_TRACKING_URI": ""})
-    assert finished.returncode == 0, finished.stderr
     proc = start(*LONG, cwd=tmp_path)
+    # while it starts, a run that finishes (the two load at once: one wait, not two)
+    finished = run_cli(*LONG[:3], "iters=1", "input_size=16", LONG[-1], "hydra.run.dir=finished", cwd=tmp_path,
+                       env={"MLFLOW_TRACKING_URI": ""})
+    assert finished.returncode == 0, finished.stderr
     client = store(tmp_path)
     victim = wait_for_points(client, proc, at_least=1)
     proc.kill()

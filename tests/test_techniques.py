@@ -135,9 +135,9 @@ def test_diversity_pushes_a_filters_images_apart(block3):
 
 def test_lucid_pictures_are_more_robust_than_the_seeds(block3):
     filters = [1, 2, 3, 4]
-    seed = visualize_filters(block3, filters, iters=40, step_size=10.0, input_size=64)
+    seed = visualize_filters(block3, filters, iters=20, step_size=10.0, input_size=48)
     lucid_recipe = Recipe(**LUCID, preprocess=preprocessor("vgg16"))
-    lucid = visualize_filters(block3, filters, iters=60, step_size=0.05, input_size=64, recipe=lucid_recipe)
+    lucid = visualize_filters(block3, filters, iters=30, step_size=0.05, input_size=48, recipe=lucid_recipe)
     seed_q = measure(block3, seed, Recipe())
     lucid_q = measure(block3, lucid, lucid_recipe)
     assert np.nanmean(lucid_q.robustness) > np.nanmean(seed_q.robustness)
