@@ -5,6 +5,10 @@ from pathlib import Path
 
 import pytest
 
+# Headless Chromium fixtures, defined once here: a fixture imported into several test modules is
+# a separate session fixture in each, and a second Playwright in one process fails.
+from mlflow_ui import chromium_browser, page_errors, ui_page  # noqa: E402,F401
+
 ROOT = Path(__file__).resolve().parents[1]
 WEIGHTS = Path(os.environ.get("FILTERVIZ_TEST_WEIGHTS", ROOT.parent / "shared/weights/vgg16_imagenet_notop.weights.h5"))
 

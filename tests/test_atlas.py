@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 from filterviz.atlas import plan
 from filterviz.core.models import ConvLayer
 from filterviz.errors import ConfigError
-from mlflow_ui import chromium_browser, page_errors, ui_page, unexpected_errors  # noqa: F401  (fixtures)
+from mlflow_ui import unexpected_errors
 
 LAYERS = {"conv_a": 6, "conv_b": 8, "conv_c": 4}
 
@@ -158,8 +158,9 @@ def test_the_atlas_page_opens_from_disk_with_every_picture_and_command(uninterru
         expect(tiles).to_have_count(LAYERS[layer["name"]])
         for i in range(tiles.count()):
             tiles.nth(i).scroll_into_view_if_needed()
-        page.wait_for_function("() => [...document.images].every(i => i.complete)")
-        assert page.evaluate("() => [...document.images].filter(i => i.naturalWidth === 0).length") == 0
+        shown = "[...document.images].filter(i => i.checkVisibility())"  # not the closed detail's picture
+        page.wait_for_function(f"() => {shown}.every(i => i.complete)")
+        assert page.evaluate(f"() => {shown}.filter(i => i.naturalWidth === 0).length") == 0
         page.locator("#grid .tile").last.click()
         expect(page.locator("#detail-command")).to_have_text(layer["filters"][-1]["command"])
     assert unexpected_errors(page_errors) == []

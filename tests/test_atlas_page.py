@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from filterviz.atlas.page import page_names, write_site
-from mlflow_ui import chromium_browser, page_errors, require_chromium, ui_page, unexpected_errors  # noqa: F401
+from mlflow_ui import unexpected_errors
 
 FIGURES = {"final_activation": "mean activation of the filter on its picture (higher: stronger)",
            "robustness": "activation kept under small transforms (higher: sturdier)",

@@ -12,21 +12,18 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import WEIGHTS, needs_weights, run_cli
-from mlflow_ui import (  # noqa: F401  (chromium_browser, page_errors, ui_page: fixtures)
+from mlflow_ui import (
     chart_card,
     chart_view_url,
-    chromium_browser,
     experiment_url,
     hide_run_params,
     image_runs,
     image_steps,
     images_loaded,
     mlflow_ui,
-    page_errors,
     require_chromium,
     run_metrics_url,
     set_step,
-    ui_page,
     unexpected_errors,
     wait_until,
 )
