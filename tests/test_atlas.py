@@ -39,7 +39,7 @@ def small_model(tmp_path_factory):
 
 
 def atlas_args(model: Path) -> list:
-    return ["model=file", f"model.path={model}", "model.weights=null", "experiment=seed", "iters=30",
+    return ["model=file", f"model.path={model}", "model.weights=null", "experiment=seed", "iters=10",
             "input_size=24", "atlas.chunk=2"]
 
 

@@ -123,7 +123,7 @@ def _gram_similarity(extractor, images):
 
 def test_diversity_pushes_a_filters_images_apart(block3):
     base = dict(**LUCID, preprocess=preprocessor("vgg16"))
-    kwargs = dict(iters=40, step_size=0.05, input_size=48, seed=0, layer="block3_conv1")
+    kwargs = dict(iters=20, step_size=0.05, input_size=48, seed=0, layer="block3_conv1")
     plain = visualize_filters(block3, [5], recipe=Recipe(**base, objective=objectives.Objective(copies=2)), **kwargs)
     diverse = visualize_filters(block3, [5], recipe=Recipe(**base, objective=objectives.Objective(
         "channel + 1000 * diversity", copies=2)), **kwargs)
