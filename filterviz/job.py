@@ -1,7 +1,7 @@
 """One invocation of the app, as named steps: check the settings, open the store, prepare
 (model, layer, filters, recipe), ascend, revive dead filters, judge, write the files, record.
 
-While it runs, loss points stream to the run (recording/live.py). A stop signal ends the run
+While it runs, activation points and pictures stream to the run (recording/live.py). A stop signal ends the run
 KILLED with what was computed: the points so far, and the images as they were, written and
 logged as partial results.
 
@@ -49,10 +49,17 @@ class Plan:
     recipe: Recipe
     overrides: List[str] = field(default_factory=list)  # the command line's settings
 
+    def charted(self) -> Dict[ImageId, str]:
+        """The images with their own metric series and picture slider in MLflow, by series name:
+        the first `tracking.filter_series` (so a 512-filter run is one table, not 512 charts)."""
+        copies = self.recipe.objective.copies
+        ids = [ImageId(f, k) for f in self.filters for k in range(copies)][: self.cfg.tracking.filter_series]
+        return {i: files.series_name(self.cut.layer, i, copies) for i in ids}
+
     @property
     def title(self) -> str:
         """What made the pictures: model, layer, filters, then the settings given (figures, run name)."""
-        model = self.cfg.model.name if self.cfg.model.name != "file" else Path(self.cfg.model.path).stem
+        model = settings.model_label(self.cfg.model.name, self.cfg.model.path)
         return settings.describe(model, self.cut.layer, self.filters, self.overrides)
 
     def schedule(self) -> dict:
@@ -86,7 +93,6 @@ class Outcome:
                 "copy": [i.copy for i in result.ids], "dead": [bool(d) for d in self.quality.dead],
                 **{figure: [float(v) for v in values] for figure, values in self.quality.per_image().items()},
                 "picture": [f"pictures/{files.png_name(i, result.copies)}" for i in result.ids]}
-        filter_iters = len(result.ids) / result.copies * result.losses.shape[1]
 
 
 # Run-level figures an `optimized_metric` can name before the run exists (per-image ones too).
@@ -198,9 +204,9 @@ def record(tracker: tracking.Tracker, run_id: str, plan: Plan, outcome: Optional
     """Log the run's figures, mean curves, filters table and files to its MLflow run (only the files
     of a stopped one). Per-image figures as metrics for the images that have their own series."""
     if outcome is not None:
-        per_image = outcome.per_image(plan.cut.layer)
-        charted = {n for n in per_image if n.split("/", 1)[1] in _charted(plan, outcome.result)}
-        tracker.log_values(run_id, **outcome.figures(), **{n: per_image[n] for n in charted})
+        charted = set(plan.charted().values())
+        per_image = {n: v for n, v in outcome.per_image(plan.cut.layer).items() if n.split("/", 1)[1] in charted}
+        tracker.log_values(run_id, **outcome.figures(), **per_image)
         tracker.log_curves(run_id, objective=outcome.result.losses, activation=outcome.result.activations)
         tracker.client.log_table(run_id, outcome.table(plan.cut.layer), FILTERS_TABLE)
     if (output_dir / "results").is_dir():
@@ -213,19 +219,12 @@ def record(tracker: tracking.Tracker, run_id: str, plan: Plan, outcome: Optional
 FILTERS_TABLE = "filters.json"  # every image's figures, one row each (MLflow's log_table)
 
 
-def _charted(plan: Plan, result: AscentResult) -> List[str]:
-    """The images that get their own metric series and picture slider in MLflow: the first
-    `tracking.filter_series` (so a 512-filter run is one table, not 512 charts)."""
-    return [files.series_name(plan.cut.layer, i, result.copies)
-            for i in result.ids[: plan.cfg.tracking.filter_series]]
-
-
 def run(cfg: DictConfig, output_dir: Path, overrides: Sequence[str] = (), command: str = "",
         parent_run_id: Optional[str] = None, run_name: Optional[str] = None) -> JobResult:
     """One run. `overrides`: the settings given on the command line (they name the run);
     `run_name`: a sweep job's name instead (the values it sweeps)."""
     check_settings(cfg)
-    keras.backend.clear_session()  # an atlas runs many jobs in one process: memory stays flat
+    keras.backend.clear_session()  # an atlas runs many jobs in one process: drop the last job's Keras state
     seed_everything(cfg.seed, cfg.deterministic)
     tracker = open_store(cfg)
     plan = prepare(cfg)
@@ -241,12 +240,8 @@ def run(cfg: DictConfig, output_dir: Path, overrides: Sequence[str] = (), comman
     params = settings.picture_params(tracking.flatten(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)))
     tags = {**provenance.provenance_tags(command), "filterviz.filters": ",".join(map(str, plan.filters)),
             "filterviz.layer": plan.cut.layer, **cfg.tracking.tags}
-    copies = plan.recipe.objective.copies
-    ids = [ImageId(f, k) for f in plan.filters for k in range(copies)]
-    charted = set(ids[: cfg.tracking.filter_series])
     with tracker.run(run_name or plan.title, params, tags, parent_run_id) as run_id:
-        live = LiveRun(tracker, run_id, {i: files.series_name(plan.cut.layer, i, copies) for i in charted},
-                       cfg.iters, copies)
+        live = LiveRun(tracker, run_id, plan.charted(), cfg.iters, plan.recipe.objective.copies)
         try:
             outcome = execute(plan, results_dir, live)
         except Stopped as stop:

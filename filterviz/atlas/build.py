@@ -5,14 +5,12 @@ Plans the jobs of the filters the store does not hold yet, hands them to Hydra's
 end gathers every job's pictures and figures into the atlas page, logged to the parent run.
 """
 
-import json
 import shlex
 import sys
 import time
-from dataclasses import asdict
 from datetime import timedelta
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, List, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -51,23 +49,22 @@ def make_atlas(config: DictConfig, arguments: Sequence[str], launch: Launch, bat
     atlas_id = plan.identity(picture)
     base = user_overrides(arguments)
     tracker = tracking.Tracker(tracking.resolve_store(cfg.tracking.uri), cfg.tracking.experiment)
-    name = " ".join([f"{models_name(cfg)} atlas", *(["·", *base] if base else [])])
+    name = " ".join([f"{settings.model_label(cfg.model.name, cfg.model.path)} atlas", *(["·", *base] if base else [])])
     command = shlex.join(["python", "-m", "filterviz.atlas", *arguments])
     parent, resumed = record.open_parent(tracker, atlas_id, name,
                                          {**picture, "atlas.layers": ",".join(l.name for l in layers)},
                                          provenance.provenance_tags(command))
     sweep_dir = Path(cfg.hydra.sweep.dir)
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    running = sweep.SweepRecord(tracker.store.uri, cfg.tracking.experiment, parent, [])
-    (sweep_dir / sweep.RECORD).write_text(json.dumps(asdict(running)))
-    sweep._running = running  # a stop signal ends the parent KILLED
+    # jobs find their parent in the sweep folder; a stop signal ends it KILLED
+    sweep.begin(sweep_dir, sweep.SweepRecord(tracker.store.uri, cfg.tracking.experiment, parent, []))
 
-    done = record.done_filters(record.finished_jobs(tracker, parent))
+    done = record.done_filters(tracker.finished_children(parent))
     jobs = plan.plan_jobs(layers, done, cfg.batch_size, cfg.atlas.chunk, cfg.atlas.per_layer)
     sizes = {layer.name: plan.shown(layer, cfg.atlas.per_layer) for layer in layers}
     total = sum(sizes.values())
-    cost = plan.costs(layers)
-    print(f"atlas {atlas_id} of {models_name(cfg)}: {len(layers)} layer(s), {total} filters in "
+    cost = {layer.name: layer.cost for layer in layers}
+    print(f"atlas {atlas_id} of {settings.model_label(cfg.model.name, cfg.model.path)}: {len(layers)} layer(s), {total} filters in "
           + (f"{len(jobs)} job(s)" if not resumed else
              f"{len(jobs)} job(s) left ({sum(len(j.filters) for j in jobs)} filters; the others are done)")
           + f"; MLflow run {parent}")
@@ -90,20 +87,17 @@ def make_atlas(config: DictConfig, arguments: Sequence[str], launch: Launch, bat
             print(f"atlas: {job.name} {'failed' if error.is_file() else 'done'} · {finished}/{total} filters · "
                   f"{_clock(elapsed)} elapsed · ETA {_clock(eta)}", flush=True)
 
-    runs = record.finished_jobs(tracker, parent)
+    runs = tracker.finished_children(parent)
     site_dir = sweep_dir / SITE
     layers_data = record.gather(tracker, runs, site_dir, base, sizes)
     from filterviz.atlas.page import write_site
 
-    index = write_site({"title": name, "model": models_name(cfg), "settings": dict(sorted(picture.items())),
+    index = write_site({"title": name, "model": settings.model_label(cfg.model.name, cfg.model.path), "settings": dict(sorted(picture.items())),
                         "run_id": parent, "run_url": tracker.run_url(parent), "figures": record.FIGURES,
                         "layers": layers_data}, site_dir)
     tracker.client.log_artifacts(parent, str(site_dir), SITE)
-    if failed:
-        tracker.end_parent(parent, failed=len(failed))
-    else:
-        tracker.end_parent(parent, failed=0)
-    sweep._running = None
+    tracker.end_parent(parent, failed=len(failed))
+    sweep.ended()
     print(f"atlas page: {index.resolve()}")
     print(f"MLflow run: {parent}  (the page is also its artifact {SITE}/index.html); see it: "
           f"{tracker.store.ui_command()}")
@@ -112,10 +106,6 @@ def make_atlas(config: DictConfig, arguments: Sequence[str], launch: Launch, bat
               file=sys.stderr)
         print("\n".join(failed), file=sys.stderr)
         sys.exit(1)
-
-
-def models_name(cfg: DictConfig) -> str:
-    return cfg.model.name if cfg.model.name != "file" else Path(cfg.model.path).stem
 
 
 def _clock(seconds: float) -> str:

@@ -8,7 +8,7 @@ import fnmatch
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple
+from typing import Iterable, List, Mapping, Optional, Sequence, Set, Tuple
 
 from filterviz.core.models import ConvLayer
 from filterviz.errors import ConfigError
@@ -88,8 +88,3 @@ def identity(params: Mapping[str, str]) -> str:
     """The atlas's id: a digest of the settings that make its pictures. The same settings
     resume the same atlas; any other value starts a new one, so two atlases never mix."""
     return hashlib.sha256(json.dumps(dict(sorted(params.items()))).encode()).hexdigest()[:16]
-
-
-def costs(layers: Sequence[ConvLayer]) -> Dict[str, float]:
-    """Per layer, the cost of one filter (for progress and ETA)."""
-    return {layer.name: layer.cost for layer in layers}

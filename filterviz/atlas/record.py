@@ -9,12 +9,11 @@ from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
 import numpy as np
-from mlflow.entities import Param, Run, RunStatus
-from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+from mlflow.entities import Run, RunStatus
 
 from filterviz.core.quality import Quality
 from filterviz.recording.owners import owner_tags
-from filterviz.recording.tracking import MAX_PARAMS, SWEEP_TAG, Tracker
+from filterviz.recording.tracking import SWEEP_TAG, Tracker
 
 ATLAS_TAG = "filterviz.atlas"  # the atlas's identity, on its parent run
 FIGURES = {
@@ -41,17 +40,8 @@ def open_parent(tracker: Tracker, atlas_id: str, name: str, params: Mapping[str,
         return run_id, True
     tags = {**tags, **owner_tags(), SWEEP_TAG: "atlas", ATLAS_TAG: atlas_id}
     run_id = client.create_run(tracker.experiment_id, run_name=name, tags=tags).info.run_id
-    items = [Param(k, v) for k, v in params.items()]
-    for i in range(0, len(items), MAX_PARAMS):
-        client.log_batch(run_id, params=items[i : i + MAX_PARAMS])
+    tracker.log_params(run_id, params)
     return run_id, False
-
-
-def finished_jobs(tracker: Tracker, parent_run_id: str) -> List[Run]:
-    return tracker.client.search_runs(
-        [tracker.experiment_id],
-        f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}' and attributes.status = 'FINISHED'",
-        order_by=["attributes.start_time ASC"])
 
 
 def done_filters(runs: Sequence[Run]) -> Dict[str, Set[int]]:

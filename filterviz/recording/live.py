@@ -12,7 +12,7 @@ ascent and the final picture. Only the images given a series name are charted (t
 
 import threading
 import time
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 from mlflow.entities import Metric
@@ -32,6 +32,7 @@ class LiveRun:
 
     def __init__(self, tracker: Tracker, run_id: str, charted: Dict[ImageId, str], iters: int, copies: int = 1):
         self.tracker, self.run_id, self.charted, self.copies = tracker, run_id, charted, copies
+        self.chunk_names: Dict[tuple, List[Optional[str]]] = {}
         self.every = max(1, iters // 10)
         self.pending: List[tuple] = []  # (series names or None, step, tensor, ms)
         self.last_send = time.monotonic()
@@ -40,11 +41,17 @@ class LiveRun:
         threading.Thread(target=self._beat, name="filterviz-heartbeat", daemon=True).start()
 
     def __call__(self, chunk: Sequence[int], step: int, objective, activation) -> None:
-        names = [self.charted.get(ImageId(f, k)) for f in chunk for k in range(self.copies)]
+        names = self._names(tuple(chunk))
         if any(names):
             self.pending.append((names, step, activation, int(time.time() * 1000)))
         if (step + 1) % self.every == 0 or time.monotonic() - self.last_send >= EVERY_SECONDS:
             self.send()
+
+    def _names(self, chunk: tuple) -> List[Optional[str]]:
+        """The series name of each image of a chunk (None: not charted), once per chunk, not per step."""
+        if chunk not in self.chunk_names:
+            self.chunk_names[chunk] = [self.charted.get(ImageId(f, k)) for f in chunk for k in range(self.copies)]
+        return self.chunk_names[chunk]
 
     def snapshot(self, ids: Sequence[ImageId], step: int, pictures: np.ndarray, final: bool) -> None:
         """Log the charted images' pictures at this step."""

@@ -63,6 +63,11 @@ def filter_span(filters: Sequence[int]) -> str:
 LEADING = ("model", "model.path", "layer", "filters")
 
 
+def model_label(name: str, path: Optional[str]) -> str:
+    """`vgg16`, or a saved model's file name without its extension (model=file)."""
+    return name if name != "file" else os.path.splitext(os.path.basename(path))[0]
+
+
 def describe(model: str, layer: str, filters: Sequence[int], overrides: List[str]) -> str:
     """A run's name: what matters first (model, layer, filters), then the other settings given,
     e.g. `vgg16 block3_conv1 f0-15 · iters=40 step_size=5`."""

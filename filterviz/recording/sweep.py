@@ -9,7 +9,6 @@ names the jobs that failed, ends the parent run, and makes the sweep exit non-ze
 
 import json
 import sys
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, List, Optional
@@ -56,6 +55,18 @@ def swept(overrides: List[str]) -> List[str]:
 _running: Optional[SweepRecord] = None  # the sweep this process launched, until it ends
 
 
+def begin(sweep_dir: Path, record: SweepRecord) -> None:
+    """Leave the record where the jobs find their parent, and hold it for a stop signal."""
+    global _running
+    (sweep_dir / RECORD).write_text(json.dumps(asdict(record)))
+    _running = record
+
+
+def ended() -> None:
+    global _running
+    _running = None
+
+
 def end_stopped_sweep(stop: BaseException) -> None:
     """A stop signal reached the launching process: end its sweep's parent run KILLED."""
     if _running is not None:
@@ -67,7 +78,6 @@ def end_stopped_sweep(stop: BaseException) -> None:
 
 class MlflowSweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        global _running
         sweep_dir = Path(config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         if not config.tracking.enabled or config.get("atlas"):
@@ -85,12 +95,9 @@ class MlflowSweepCallback(Callback):
         command = " ".join(["python", "-m", "filterviz", *sys.argv[1:]])
         parent = tracker.start_parent(parent_name(config, keys, sweeping), {
             **provenance.provenance_tags(command), "filterviz.sweep_dir": str(sweep_dir.resolve())})
-        record = SweepRecord(tracker.store.uri, config.tracking.experiment, parent, keys)
-        (sweep_dir / RECORD).write_text(json.dumps(asdict(record)))
-        _running = record
+        begin(sweep_dir, SweepRecord(tracker.store.uri, config.tracking.experiment, parent, keys))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        global _running
         if config.get("atlas"):
             return
         sweep_dir = Path(config.hydra.sweep.dir)
@@ -105,7 +112,7 @@ class MlflowSweepCallback(Callback):
                 tracker.client.log_artifact(record.parent_run_id, str(multirun_yaml))
             summarize(tracker, record.parent_run_id, config.optimized_metric)
             tracker.end_parent(record.parent_run_id, failed=len(failures))
-            _running = None
+            ended()
             print(f"sweep recorded as MLflow run {record.parent_run_id}; see it: {tracker.store.ui_command()}")
         if failures:
             print(f"error: {len(failures)} job(s) of the sweep failed:", file=sys.stderr)
@@ -125,25 +132,18 @@ def parent_name(config: DictConfig, swept_keys: List[str], sweeping: List[str]) 
 def summarize(tracker, parent_run_id: str, metric: str) -> None:
     """The parent's row says what the sweep held fixed (params every finished job shares) and how
     it went (the best job's `metric`, as `best/<metric>`, and that job in tag filterviz.best_run)."""
-    from mlflow.entities import Metric, Param
-    from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
-
-    children = tracker.client.search_runs(
-        [tracker.experiment_id], f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}' and attributes.status = 'FINISHED'")
+    children = tracker.finished_children(parent_run_id)
     if not children:
         return
     shared = dict(children[0].data.params)
     for child in children[1:]:
         shared = {k: v for k, v in shared.items() if child.data.params.get(k) == v}
+    tracker.log_params(parent_run_id, shared)
     scored = [c for c in children if metric in c.data.metrics]
-    metrics = []
     if scored:
         best = max(scored, key=lambda c: c.data.metrics[metric])
         tracker.client.set_tag(parent_run_id, "filterviz.best_run", f"{best.info.run_name} ({best.info.run_id})")
-        metrics = [Metric(f"best/{metric}", best.data.metrics[metric], int(time.time() * 1000), 0)]
-    params = [Param(k, v) for k, v in shared.items()]
-    for i in range(0, max(len(params), 1), 100):
-        tracker.client.log_batch(parent_run_id, metrics=metrics if i == 0 else [], params=params[i : i + 100])
+        tracker.log_values(parent_run_id, **{f"best/{metric}": best.data.metrics[metric]})
 
 
 def _job_order(name: str) -> tuple:

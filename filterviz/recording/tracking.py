@@ -155,9 +155,7 @@ class Tracker:
             tags[MLFLOW_PARENT_RUN_ID] = parent_run_id  # shown nested under the sweep in the UI
         try:
             run_id = self.client.create_run(self.experiment_id, run_name=name, tags=tags).info.run_id
-            items = [Param(k, v) for k, v in params.items()]
-            for i in range(0, len(items), MAX_PARAMS):
-                self.client.log_batch(run_id, params=items[i : i + MAX_PARAMS])
+            self.log_params(run_id, params)
         except Exception as e:
             raise store_error(self.store, e) from None
         try:
@@ -200,6 +198,18 @@ class Tracker:
         now = int(time.time() * 1000)
         self.log_metrics(run_id, [Metric(f"{name}/mean", float(v), now, step) for name, values in curves.items()
                                   for step, v in enumerate(np.nanmean(values, axis=0))])
+
+    def log_params(self, run_id: str, params: Mapping[str, str]) -> None:
+        items = [Param(k, v) for k, v in params.items()]
+        for i in range(0, len(items), MAX_PARAMS):
+            self.client.log_batch(run_id, params=items[i : i + MAX_PARAMS])
+
+    def finished_children(self, parent_run_id: str) -> List[Run]:
+        """The FINISHED runs under a sweep's or an atlas's parent, oldest first."""
+        return self.client.search_runs(
+            [self.experiment_id],
+            f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}' and attributes.status = 'FINISHED'",
+            order_by=["attributes.start_time ASC"])
 
     def log_values(self, run_id: str, **values: float) -> None:
         """Scalar metrics of the whole run."""
