@@ -207,3 +207,32 @@ def test_a_setting_that_changes_pictures_makes_another_atlas():
     same = {"iters": "64", "seed": "0"}
     assert plan.identity(same) == plan.identity(dict(reversed(same.items())))
     assert plan.identity(same) != plan.identity({**same, "seed": "1"})
+
+
+def test_in_process_jobs_leave_no_memory_behind(small_model, tmp_path):
+    """An in-process atlas runs hundreds of jobs in one process: each job's traced step must go
+    when the job does (Keras' apply_gradients kept every one alive, ~10 MiB per VGG16 job)."""
+    import gc
+
+    from tensorflow.python.framework.func_graph import FuncGraph
+
+    from conftest import make_cfg
+    from filterviz import job
+
+    def one_job(k: int) -> None:  # the default recipe (Adam, Fourier, transforms), as an atlas job runs it
+        job.run(make_cfg("model=file", f"model.path={small_model}", "model.weights=null", "tracking=off",
+                         "iters=5", "input_size=32", "layer=conv_b", f"filters={k % 8}"), tmp_path / str(k))
+        gc.collect()
+
+    def state() -> tuple:
+        graphs = sum(isinstance(o, FuncGraph) for o in gc.get_objects())
+        return graphs, int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+    for k in range(2):  # TensorFlow's and the allocator's one-time growth
+        one_job(k)
+    graphs, rss = state()
+    for k in range(2, 8):
+        one_job(k)
+    graphs_after, rss_after = state()
+    assert graphs_after <= graphs, f"{graphs_after - graphs} traced graphs outlived their jobs"
+    assert rss_after - rss < 16, f"resident memory grew {rss_after - rss:.0f} MiB over 6 jobs"

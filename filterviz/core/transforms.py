@@ -43,14 +43,23 @@ class Transforms:
             p = self.pad
             images = tf.pad(images, [[0, 0], [p, p], [p, p], [0, 0]], constant_values=self.pad_value)
         if self.jitter or self.scale or self.rotate or self.jitter_after:
-            u = tf.map_fn(lambda s: tf.random.stateless_uniform([6], tf.stack([s, step]), -1.0, 1.0),
-                          seeds, fn_output_signature=tf.float32)
+            u = _uniform_per_image(seeds, step)
             lo, hi = self.scale or (1.0, 1.0)
             images = warp(images, shift=u[:, 0:2] * self.jitter + u[:, 4:6] * self.jitter_after,
                           scale=lo + (u[:, 2] + 1.0) / 2.0 * (hi - lo), angle=u[:, 3] * math.radians(self.rotate))
         if self.blur:
             images = gaussian_blur(images, self.blur)
         return images
+
+
+def _uniform_per_image(seeds: tf.Tensor, step: tf.Tensor) -> tf.Tensor:
+    """Six uniform draws in [-1, 1) per image from its own (seed, step). One op per image where the
+    batch is known, not tf.map_fn: a traced map_fn's loop functions stay in TensorFlow's runtime
+    after the step that used them is gone, a leak per job in a long in-process atlas."""
+    draw = lambda s: tf.random.stateless_uniform([6], tf.stack([s, step]), -1.0, 1.0)  # noqa: E731
+    if seeds.shape[0] is None:
+        return tf.map_fn(draw, seeds, fn_output_signature=tf.float32)
+    return tf.stack([draw(seeds[i]) for i in range(seeds.shape[0])])
 
 
 def warp(images: tf.Tensor, shift: tf.Tensor, scale: tf.Tensor, angle: tf.Tensor) -> tf.Tensor:
