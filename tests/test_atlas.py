@@ -87,6 +87,10 @@ def test_the_atlas_renders_every_filter_of_every_conv_layer_under_one_parent(uni
                for c in children)
     assert out.count("atlas: ") == len(children)  # a progress line per job
     assert "atlas: conv_c f2-3 done · 18/18 filters" in out and "Traceback" not in err
+    progress = [line for line in out.splitlines() if line.startswith("atlas: ")]
+    # the first job's pace includes the start-up; from the second on the ETA is a time
+    assert "ETA after the next job" in progress[0] and all(" ETA 0:" in line for line in progress[1:])
+    assert progress[-1].endswith("ETA 0:00:00")
 
     site = site_of(out)
     manifest = json.loads((site / "atlas.json").read_text())

@@ -70,6 +70,7 @@ def make_atlas(config: DictConfig, arguments: Sequence[str], launch: Launch, bat
           + f"; MLflow run {parent}")
 
     start, spent, left = time.monotonic(), 0.0, sum(cost[j.layer] * len(j.filters) for j in jobs)
+    warm = None  # (clock, cost spent) when the first batch ended: that batch also paid the start-up
     finished = total - sum(len(j.filters) for j in jobs)
     failed: List[str] = []
     for first in range(0, len(jobs), batch):
@@ -82,10 +83,9 @@ def make_atlas(config: DictConfig, arguments: Sequence[str], launch: Launch, bat
             else:
                 finished += len(job.filters)
             spent += cost[job.layer] * len(job.filters)
-            elapsed = time.monotonic() - start
-            eta = elapsed / spent * (left - spent) if spent else 0.0
             print(f"atlas: {job.name} {'failed' if error.is_file() else 'done'} · {finished}/{total} filters · "
-                  f"{_clock(elapsed)} elapsed · ETA {_clock(eta)}", flush=True)
+                  f"{_clock(time.monotonic() - start)} elapsed · {_eta(warm, spent, left)}", flush=True)
+        warm = warm or (time.monotonic(), spent)
 
     runs = tracker.finished_children(parent)
     site_dir = sweep_dir / SITE
@@ -106,6 +106,16 @@ def make_atlas(config: DictConfig, arguments: Sequence[str], launch: Launch, bat
               file=sys.stderr)
         print("\n".join(failed), file=sys.stderr)
         sys.exit(1)
+
+
+def _eta(warm, spent: float, left: float) -> str:
+    """Time left at the pace since the first batch (whose imports, model load and first trace
+    would make the cheap first layer look as slow as the deepest), per unit of layer cost."""
+    if spent >= left:
+        return "ETA 0:00:00"
+    if warm is None or spent <= warm[1]:
+        return "ETA after the next job"
+    return f"ETA {_clock((time.monotonic() - warm[0]) / (spent - warm[1]) * (left - spent))}"
 
 
 def _clock(seconds: float) -> str:
