@@ -15,12 +15,28 @@ from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
+from filterviz.cluster import requeue_when_stopped  # noqa: E402
 from filterviz.config import check_ranges, register_configs  # noqa: E402
 from filterviz.console import import_tensorflow_quietly  # noqa: E402
 from filterviz.errors import ConfigError, Stopped, first_line  # noqa: E402
 from filterviz.stops import stop_on_signals  # noqa: E402
 
 register_configs()
+
+
+def register_plugins() -> None:
+    """Hydra finds plugins by scanning the hydra_plugins folders on sys.path, which an editable
+    install does not put there: register ours by hand."""
+    from hydra.core.plugins import Plugins
+
+    try:
+        from hydra_plugins.filterviz_slurm.slurm_launcher import ReportingSlurmLauncher
+    except ImportError:
+        return  # the `sweep` extra (hydra-submitit-launcher) is not installed
+    Plugins.instance().register(ReportingSlurmLauncher)
+
+
+register_plugins()
 CONFIG_PACKAGES = ("filterviz.conf", "filterviz.experiments")  # Hydra's search path, as packages
 
 
@@ -77,8 +93,9 @@ def task(cfg: DictConfig) -> float:
     command = shlex.join(["python", "-m", "filterviz", *overrides]) if record else \
         shlex.join(["python", "-m", "filterviz", *sys.argv[1:]])
     try:
-        result = job.run(cfg, output_dir, overrides, command, record and record.parent_run_id,
-                         record and record.child_name(overrides))
+        with requeue_when_stopped():  # a SLURM job: a time limit or a preemption requeues it
+            result = job.run(cfg, output_dir, overrides, command, record and record.parent_run_id,
+                             record and record.child_name(overrides))
     except Exception as e:
         if hydra_cfg.mode != RunMode.MULTIRUN:
             if isinstance(e, ConfigError):

@@ -22,6 +22,7 @@ class Progress:
         self.bar.update(len(chunk))
         if self.lines and (iteration % self.every == 0 or iteration == self.iters - 1):
             self.bar.write(_objective_line(chunk, iteration, self.iters, np.asarray(objective)), file=sys.stdout)
+            sys.stdout.flush()  # into a cluster job's log file as it happens, not at the job's end
 
     def close(self) -> None:
         self.bar.close()

@@ -10,7 +10,7 @@ import os
 import signal
 import time
 from contextlib import contextmanager
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Tuple
 
 from filterviz.errors import Stopped
 
@@ -48,10 +48,11 @@ def _forward(signum: int) -> None:
 
 
 @contextmanager
-def stop_on_signals() -> Iterator[None]:
+def stop_on_signals(extra: Tuple[int, ...] = ()) -> Iterator[None]:
+    """`extra`: more signals that stop (a cluster's time-limit warning, cluster.py)."""
     global _stopping_since
     _stopping_since = None
-    previous = {s: signal.signal(s, _on_signal) for s in SIGNALS}
+    previous = {s: signal.signal(s, _on_signal) for s in (*SIGNALS, *extra)}
     try:
         yield
     finally:

@@ -8,6 +8,7 @@ import pytest
 # Headless Chromium fixtures, defined once here: a fixture imported into several test modules is
 # a separate session fixture in each, and a second Playwright in one process fails.
 from mlflow_ui import chromium_browser, page_errors, ui_page  # noqa: E402,F401
+from atlases import small_model, uninterrupted  # noqa: E402,F401
 
 ROOT = Path(__file__).resolve().parents[1]
 WEIGHTS = Path(os.environ.get("FILTERVIZ_TEST_WEIGHTS", ROOT.parent / "shared/weights/vgg16_imagenet_notop.weights.h5"))

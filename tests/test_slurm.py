@@ -7,11 +7,18 @@ FILTERVIZ_TEST_SLURM_PARTITION (the partition .ci/slurm printed) where it starte
 import os
 import shutil
 import subprocess
+import sys
+import time
+import uuid
+from typing import Callable, List
 
 import pytest
+from mlflow.tracking import MlflowClient
 
-from conftest import WEIGHTS, needs_weights, run_cli
-from test_sweep import SMALL, runs_of
+from atlases import atlas_args, pictures, site_of
+from conftest import WEIGHTS, needs_weights
+from test_sweep import runs_of
+from test_team_store import POSTGRES, server, server_process  # noqa: F401 (fixtures)
 
 PARTITION = os.environ.get("FILTERVIZ_TEST_SLURM_PARTITION", "")
 
@@ -37,27 +44,102 @@ def cluster_problem():
 needs_slurm = pytest.mark.skipif(cluster_problem() is not None, reason=str(cluster_problem()))
 
 
+def launcher() -> list:
+    """One CPU and 2 GB a job fit any node; stores and sweep folders in tmp_path, which jobs on
+    this node see."""
+    return ["hydra/launcher=slurm", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=2",
+            "hydra.launcher.timeout_min=10", *([f"hydra.launcher.partition={PARTITION}"] if PARTITION else [])]
+
+
+def follow(proc: subprocess.Popen, until: Callable[[str], bool]) -> List[str]:
+    """The lines the process prints, read as they come, up to the first that `until` accepts."""
+    lines = []
+    for line in proc.stdout:
+        lines.append(line.rstrip("\n"))
+        if until(lines[-1]):
+            break
+    return lines
+
+
+def warn_of_time_limit(slurm_job: str) -> None:
+    """What SLURM sends `signal_delay_s` before a job's time limit (and a preemption may)."""
+    subprocess.run(["scancel", "--signal=USR2", slurm_job], check=True, timeout=30)
+
+
+def slurm_id(lines: List[str], job: int) -> str:
+    [said] = [line for line in lines if line.startswith(f"slurm: job #{job} submitted (SLURM job ")]
+    return said.rsplit(" ", 1)[1].rstrip(")")
+
+
 @needs_slurm
 @needs_weights
-def test_a_sweep_through_slurm_records_both_jobs_under_a_finished_parent_quietly(tmp_path):
-    # One CPU and 2 GB a job fit any node; the store is in tmp_path, which jobs on this node see.
-    launcher = ["hydra/launcher=slurm", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=2",
-                "hydra.launcher.timeout_min=5"]
-    if PARTITION:
-        launcher.append(f"hydra.launcher.partition={PARTITION}")
-    proc = run_cli("-m", *launcher, "filters=0,1", *SMALL, cwd=tmp_path, env={"MLFLOW_TRACKING_URI": ""})
-    assert proc.returncode == 0, proc.stderr
+def test_a_sweep_on_slurm_requeues_a_job_warned_of_its_time_limit_and_finishes_quietly(tmp_path):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "filterviz", "-m", *launcher(), "filters=0,1", "layer=block1_conv1", "iters=300",
+         "input_size=48", f"model.weights={WEIGHTS}"], cwd=tmp_path, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True, env={**os.environ, "HYDRA_FULL_ERROR": "0", "MLFLOW_TRACKING_URI": ""})
+    try:
+        lines = follow(proc, lambda line: line.startswith("slurm: job #0 running"))
+        job = slurm_id(lines, 0)
+        log = next(tmp_path.glob(f"multirun/*/*/.submitit/{job}/{job}_0_log.out"))
+        for _ in range(1200):  # mid-ascent: its progress lines are in its log
+            if log.read_text().count(" iteration ") >= 2:
+                break
+            time.sleep(0.1)
+        warn_of_time_limit(job)
+        console = "\n".join(lines) + "\n" + proc.stdout.read()  # stdout and stderr
+        proc.wait(timeout=600)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, console
+    for said in ("#0 submitted", "#1 submitted", "#0 running on", "#1 running on", "#0 requeued",
+                 "#0 finished", "#1 finished"):
+        assert f"slurm: job {said}" in console, console
+    # submitit's "Bypassing sacct error" and sacct's own "accounting storage is disabled", at every
+    # poll of a cluster without accounting, are not on the console
+    assert "sacct" not in console and "accounting" not in console, console
+
     _, [parent], children = runs_of(tmp_path)
     assert parent.info.run_name == "vgg16 block1_conv1 · sweep filters=0,1"
     assert parent.info.status == "FINISHED"
-    assert sorted(r.info.run_name for r in children) == ["filters=0", "filters=1"]
-    for child in children:
-        assert child.info.status == "FINISHED"
-        assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
-        assert len(child.data.metrics) > 0
-    # submitit's "Bypassing sacct error" at every poll of a cluster without accounting is silenced
-    console = proc.stdout + proc.stderr
-    assert "sacct" not in console, console
+    assert all(c.data.tags["mlflow.parentRunId"] == parent.info.run_id for c in children)
+    runs = sorted((c.info.run_name, c.info.status) for c in children)
+    assert runs == [("filters=0", "FINISHED"), ("filters=0", "KILLED"), ("filters=1", "FINISHED")], runs
+    # the warned run ended with what it had computed, and says so
+    [killed] = [c for c in children if c.info.status == "KILLED"]
+    assert killed.data.tags["filterviz.partial"] == "true"
+    assert killed.data.metrics, "the stopped run kept no activation points"
     # each job's own log is in the sweep folder, under .submitit/<job id>/
     logs = list(tmp_path.glob("multirun/*/*/.submitit/*/*_log.out"))
     assert len(logs) == 2 and all("MLflow run:" in p.read_text() for p in logs)
+
+
+@needs_slurm
+@pytest.mark.skipif(not POSTGRES, reason="no PostgreSQL: FILTERVIZ_TEST_POSTGRES_URI is unset (.ci/run starts one)")
+def test_an_atlas_on_slurm_into_the_team_store_requeued_mid_way_has_the_in_process_atlas_images(
+        small_model, uninterrupted, server, tmp_path):
+    experiment = f"atlas-{uuid.uuid4().hex[:8]}"
+    # whole layers a job (3 jobs): a filter's picture does not depend on the filters beside it
+    args = [*atlas_args(small_model), "atlas.chunk=8", *launcher(), f"tracking.uri={server}",
+            f"tracking.experiment={experiment}"]
+    proc = subprocess.Popen([sys.executable, "-m", "filterviz.atlas", *args], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "HYDRA_FULL_ERROR": "0", "MLFLOW_TRACKING_URI": ""})
+    try:
+        lines = follow(proc, lambda line: line.startswith("slurm: job #0 running"))
+        warn_of_time_limit(slurm_id(lines, 0))  # wherever it is: starting, ascending or logging
+        console = "\n".join(lines) + "\n" + proc.stdout.read()
+        proc.wait(timeout=600)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, console
+    assert "slurm: job #0 requeued" in console and "accounting" not in console, console
+
+    client = MlflowClient(tracking_uri=server)
+    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    [parent] = [r for r in runs if r.data.tags.get("filterviz.sweep") == "atlas"]
+    finished = [r for r in runs if r is not parent and r.info.status == "FINISHED"]
+    assert parent.info.status == "FINISHED"
+    assert sorted(r.info.run_name for r in finished) == sorted({r.info.run_name for r in finished})  # once each
+    assert len(finished) == 3 and all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in finished)
+    assert pictures(site_of(console)) == pictures(site_of(uninterrupted[1]))

@@ -1,0 +1,62 @@
+"""A job on a SLURM cluster (Hydra's submitit launcher): a time limit or a preemption ends the
+run KILLED with what it computed, then the job is requeued and runs again.
+
+SLURM warns a job `hydra.launcher.signal_delay_s` before its time limit with submitit's signal
+(SIGUSR2), and a preemption sends SIGTERM. submitit alone would requeue at once (its SIGUSR2
+handler) or ignore the signal (SIGTERM), leaving our run RUNNING until its owner check reaps
+it. Here both become `Stopped` (stops.py), the run ends KILLED with its images so far, and
+then submitit's own handler checkpoints and requeues the job (Hydra's `max_num_timeout`
+bounds requeues after time limits). A SIGTERM from `scancel` (the user cancelled) or from
+SLURM's own `scontrol requeue` (SLURM requeues it itself) is not requeued again.
+"""
+
+import os
+import signal
+import subprocess
+from contextlib import contextmanager
+from typing import Iterator, Optional
+
+from filterviz.errors import Stopped
+from filterviz.stops import stop_on_signals
+
+def submitit_signal() -> Optional[signal.Signals]:
+    """The signal submitit asked SLURM to send before a time limit, in a submitit job; else None."""
+    if "SUBMITIT_FOLDER" not in os.environ:
+        return None
+    name = os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2")
+    return getattr(signal, f"SIG{name}", signal.SIGUSR2)
+
+
+def slurm_state() -> str:
+    """This SLURM job's state as the controller sees it ("" if it cannot say)."""
+    job = os.environ.get("SLURM_JOB_ID")
+    if not job:
+        return ""
+    try:
+        shown = subprocess.run(["scontrol", "show", "job", "-o", job], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    fields = dict(f.split("=", 1) for f in shown.stdout.split() if "=" in f)
+    return fields.get("JobState", "")
+
+
+@contextmanager
+def requeue_when_stopped() -> Iterator[None]:
+    """Around one job: outside a submitit job, nothing; inside, stop signals end the run, and a
+    time limit or a preemption then requeues the job through submitit."""
+    usr = submitit_signal()
+    if usr is None:
+        yield
+        return
+    requeue = signal.getsignal(usr)  # submitit's checkpoint_and_try_requeue
+    with stop_on_signals(extra=(usr,)):
+        try:
+            yield
+        except Stopped as stop:
+            if stop.signum == signal.SIGTERM and slurm_state() != "RUNNING":
+                raise  # cancelled by the user, or SLURM is requeueing the job itself
+            if stop.signum not in (usr, signal.SIGTERM) or not callable(requeue):
+                raise
+            print(f"{stop}: requeueing this job (SLURM job {os.environ.get('SLURM_JOB_ID', '?')})", flush=True)
+            requeue(usr, None)  # requeues and exits; raises if it will not (too many time limits)
+            raise

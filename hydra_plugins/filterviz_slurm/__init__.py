@@ -1,0 +1,1 @@
+"""`hydra/launcher=slurm`'s launcher: Hydra's submitit SLURM launcher, with a console line per job."""
