@@ -13,6 +13,7 @@ SLURM's own `scontrol requeue` (SLURM requeues it itself) is not requeued again.
 import os
 import signal
 import subprocess
+import sys
 from contextlib import contextmanager
 from typing import Iterator, Optional
 
@@ -53,10 +54,11 @@ def requeue_when_stopped() -> Iterator[None]:
         try:
             yield
         except Stopped as stop:
-            if stop.signum == signal.SIGTERM and slurm_state() != "RUNNING":
-                raise  # cancelled by the user, or SLURM is requeueing the job itself
-            if stop.signum not in (usr, signal.SIGTERM) or not callable(requeue):
-                raise
-            print(f"{stop}: requeueing this job (SLURM job {os.environ.get('SLURM_JOB_ID', '?')})", flush=True)
-            requeue(usr, None)  # requeues and exits; raises if it will not (too many time limits)
-            raise
+            job = os.environ.get("SLURM_JOB_ID", "?")
+            if stop.signum in (usr, signal.SIGTERM) and callable(requeue) and (
+                    stop.signum == usr or slurm_state() == "RUNNING"):
+                print(f"{stop}: requeueing this job (SLURM job {job})", flush=True)
+                requeue(usr, None)  # requeues and exits; raises if it will not (too many time limits)
+            # cancelled, or SLURM requeues the job itself: end here, without a result for submitit
+            print(f"{stop}: SLURM job {job} ends here", flush=True)
+            sys.exit(stop.exit_code)
