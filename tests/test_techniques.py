@@ -17,6 +17,7 @@ from filterviz.core.models import cut_at, preprocessor
 from filterviz.core.params import COLOR_CORRELATION, MACO_SPECTRUM, Fourier, Maco, resample_spectrum
 from filterviz.core.quality import hf_fraction, measure
 from filterviz.core.transforms import Transforms, image_seeds
+from filterviz.recording.images import with_attribution
 
 LUCID = dict(param=Fourier(), transforms=Transforms(pad=12, jitter=8, scale=[0.9, 1.1], rotate=10.0,
                                                      jitter_after=4),
@@ -151,6 +152,15 @@ def test_maco_changes_only_the_phase_the_picture_keeps_the_natural_spectrum(maco
     shipped[:, 0, 0] = 0  # the mean is the squash's: grey
     for image in magnitude:
         np.testing.assert_allclose(image / image.max(), shipped / shipped.max(), atol=1e-4)
+
+
+def test_maco_keeps_an_attribution_map_and_other_params_none(maco, block3):
+    a = maco.attributions
+    assert a.shape == maco.images.shape and (a >= 0).all() and (a.sum(axis=(1, 2, 3)) > 0).all()
+    rgba = with_attribution(maco.images[0], a[0])
+    assert rgba.shape == (48, 48, 4) and rgba.dtype == np.uint8
+    assert rgba[..., 3].max() == 255 and rgba[..., 3].min() < 128, "transparent where the filter did not look"
+    assert visualize_filters(block3, [1], iters=1, step_size=10.0, input_size=48).attributions is None
 
 
 def _gram_similarity(extractor, images):

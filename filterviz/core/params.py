@@ -5,17 +5,18 @@ pixel    the pixels themselves (the seeds': a flat 0.5 start, unbounded values)
 fourier  a spectrum scaled by 1/f^decay, inverse-FFT'd, colour-decorrelated and squashed
          into [0, 1] by a sigmoid or clipping (Olah et al., Distill 2017)
 maco     only the spectrum's phase; its magnitude is fixed to natural photographs' (Fel et
-         al., NeurIPS 2023)
+         al., NeurIPS 2023), and the ascent keeps an attribution map
 
 A parameterization is a dataclass with three methods, named by `_target_` in a YAML file
 of conf/param/: `init(seeds, size, channels)` -> the starting parameters of one image per
 seed, `to_image(params)` -> (n, size, size, channels) images (differentiable), and
-`livelier()` -> a copy whose random start gives a dead filter something to climb.
+`livelier()` -> a copy whose random start gives a dead filter something to climb. A class
+attribute `wants_attribution = True` asks the ascent to accumulate |d objective / d image|.
 """
 
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -94,6 +95,8 @@ class Maco:
     spectrum; its magnitude is the natural-image spectrum (MACO_SPECTRUM), interpolated to the
     image size, so whatever the ascent does the picture keeps the spectrum of a photograph
     instead of drifting into saturated high-frequency noise."""
+
+    wants_attribution: ClassVar[bool] = True
 
     def init(self, seeds: Sequence[int], size: int, channels: int) -> tf.Tensor:
         if channels not in (1, 3):
