@@ -26,7 +26,7 @@ from filterviz.core.filters import parse_filters
 from filterviz.config import check_ranges
 from filterviz.errors import ConfigError, Stopped, first_line
 from filterviz.groups import GROUPS, build
-from filterviz.recording import files, provenance, settings, tracking
+from filterviz.recording import files, images, provenance, settings, tracking
 from filterviz.recording.live import LiveRun
 
 @dataclass
@@ -209,11 +209,24 @@ def record(tracker: tracking.Tracker, run_id: str, plan: Plan, outcome: Optional
         tracker.log_values(run_id, **outcome.figures(), **per_image)
         tracker.log_curves(run_id, objective=outcome.result.losses, activation=outcome.result.activations)
         tracker.client.log_table(run_id, outcome.table(plan.cut.layer), FILTERS_TABLE)
+        _log_attributions(tracker, run_id, plan, outcome.result)
     if (output_dir / "results").is_dir():
         tracker.log_artifacts(run_id, output_dir / "results")
     hydra_dir = output_dir / ".hydra"
     if hydra_dir.is_dir():
         tracker.log_artifacts(run_id, hydra_dir, ".hydra")
+
+
+def _log_attributions(tracker: tracking.Tracker, run_id: str, plan: Plan, result: AscentResult) -> None:
+    """The charted images' attribution pictures (maco) as MLflow images, `attribution/<layer>/f<i:04d>`
+    at the last step, so the UI's image views show them beside the pictures (files alone they do not)."""
+    if result.attributions is None:
+        return
+    charted = plan.charted()
+    for image_id, image, attribution in zip(result.ids, result.images, result.attributions):
+        if image_id in charted:
+            tracker.client.log_image(run_id, images.with_attribution(image, attribution),
+                                     key=f"attribution/{charted[image_id]}", step=plan.cfg.iters)
 
 
 FILTERS_TABLE = "filters.json"  # every image's figures, one row each (MLflow's log_table)

@@ -45,3 +45,19 @@ def run_cli(*overrides: str, cwd: Path, env=None) -> subprocess.CompletedProcess
         cwd=cwd, capture_output=True, text=True, timeout=600,
         env={**os.environ, "HYDRA_FULL_ERROR": "0", **(env or {})},
     )
+
+
+@pytest.fixture(scope="session")
+def maco_run(tmp_path_factory):
+    """One `param=maco` run through the CLI into a fresh store: what it records, and a run to reproduce."""
+    from mlflow.tracking import MlflowClient
+
+    if not WEIGHTS.is_file():
+        pytest.skip(f"ImageNet VGG16 weights not found at {WEIGHTS}")
+    cwd = tmp_path_factory.mktemp("maco")
+    proc = run_cli("param=maco", "layer=block1_conv1", "filters=0:2", "iters=3", f"model.weights={WEIGHTS}", cwd=cwd,
+                   env={"MLFLOW_TRACKING_URI": ""})
+    assert proc.returncode == 0, proc.stderr
+    client = MlflowClient(tracking_uri=f"sqlite:///{cwd / 'mlruns' / 'mlflow.db'}")
+    [run] = client.search_runs([client.get_experiment_by_name("filterviz").experiment_id])
+    return cwd, client, run

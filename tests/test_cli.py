@@ -91,6 +91,22 @@ def test_every_artifact_is_in_the_store(recorded, tmp_path):
     assert np.load(f"{local}/losses.npy").shape == (3, ITERS)
 
 
+def test_a_maco_run_records_its_attribution_maps(maco_run, tmp_path):
+    from PIL import Image
+
+    _, client, run = maco_run
+    assert run.info.status == "FINISHED" and run.data.params["param"] == "Maco()"
+    local = Path(client.download_artifacts(run.info.run_id, "", str(tmp_path)))
+    images, attributions = np.load(local / "images.npy"), np.load(local / "attributions.npy")
+    assert attributions.shape == images.shape == (2, 96, 96, 3)
+    assert (attributions >= 0).all() and attributions.any(axis=(1, 2, 3)).all()
+    for f in (0, 1):
+        with Image.open(local / "attributions" / f"filter_{f:04d}.png") as png:
+            assert (png.mode, png.size) == ("RGBA", (96, 96))
+        # in MLflow's image views too, beside the pictures: key attribution/<layer>/f<i>, at the last step
+        assert list((local / "images").glob(f"attribution~block1_conv1~f{f:04d}+step+3+*.png"))
+
+
 def test_console_says_where_the_run_and_images_are(recorded):
     cwd, uri, _, run, proc = recorded
     assert f"MLflow run: {run.info.run_id}" in proc.stdout

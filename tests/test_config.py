@@ -79,7 +79,8 @@ def test_group_choices_are_checked_in_one_line_before_hydra():
 
 
 @pytest.mark.parametrize("group, option, cls", [
-    ("param", "pixel", "Pixel"), ("param", "fourier", "Fourier"), ("transforms", "standard", "Transforms"),
+    ("param", "pixel", "Pixel"), ("param", "fourier", "Fourier"), ("param", "maco", "Maco"),
+    ("transforms", "standard", "Transforms"),
     ("objective", "diversity", "Objective"), ("optimizer", "l2_step", "L2Step"), ("optimizer", "adam", "Adam")])
 def test_each_technique_option_builds_the_class_it_names(group, option, cls):
     from filterviz import groups

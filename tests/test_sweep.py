@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
@@ -134,11 +135,10 @@ def test_names_and_comparisons_share_one_meaning_of_setting():
 
 
 @needs_weights
-def test_reproduce_rebuilds_the_run_from_its_full_record_not_todays_defaults(tmp_path):
-    proc = run_cli("layer=block1_conv1", "filters=2", "iters=3", f"model.weights={WEIGHTS}", cwd=tmp_path,
-                   env={"MLFLOW_TRACKING_URI": ""})
-    assert proc.returncode == 0, proc.stderr
-    client, _, [original] = runs_of(tmp_path)
+def test_reproduce_rebuilds_the_run_from_its_full_record_not_todays_defaults(maco_run, tmp_path):
+    """On a `param=maco` run (`experiment=best` and sweeps are reproduced above): its random phase,
+    and the attribution map the ascent adds up, come back bit for bit too."""
+    cwd, client, original = maco_run
 
     defaults = ROOT / "conf" / "config.yaml"
     saved = defaults.read_bytes()
@@ -147,13 +147,21 @@ def test_reproduce_rebuilds_the_run_from_its_full_record_not_todays_defaults(tmp
     defaults.write_bytes(changed)
     try:
         proc = subprocess.run([sys.executable, "-m", "filterviz.reproduce", original.info.run_id],
-                              cwd=tmp_path, capture_output=True, text=True)
+                              cwd=cwd, capture_output=True, text=True)
     finally:
         defaults.write_bytes(saved)
     assert proc.returncode == 0, proc.stderr
     assert f"reproduces {original.info.run_id} bit for bit" in proc.stdout
     [again] = client.search_runs([original.info.experiment_id], f"tags.reproduces = '{original.info.run_id}'")
     assert (again.data.params["input_size"], again.data.params["seed"]) == ("96", "0")
+    assert again.data.params["param"] == "Maco()"
+
+    def attributions(run):
+        folder = tmp_path / run.info.run_id
+        folder.mkdir()
+        return np.load(client.download_artifacts(run.info.run_id, "attributions.npy", str(folder)))
+
+    np.testing.assert_array_equal(attributions(original), attributions(again))
     assert again.data.tags["reproduce.verdict"] == "identical"
     assert again.data.tags["reproduce.max_pixel_difference"] == "0"
     assert again.info.run_name == f"reproduces {original.info.run_name}"

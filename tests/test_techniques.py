@@ -14,9 +14,10 @@ from filterviz.core.ascent import Recipe, retry_dead, visualize_filters
 from filterviz.config import register_configs
 from filterviz.errors import ConfigError
 from filterviz.core.models import cut_at, preprocessor
-from filterviz.core.params import Fourier
+from filterviz.core.params import COLOR_CORRELATION, MACO_SPECTRUM, Fourier, Maco, resample_spectrum
 from filterviz.core.quality import hf_fraction, measure
 from filterviz.core.transforms import Transforms, image_seeds
+from filterviz.recording.images import with_attribution
 
 LUCID = dict(param=Fourier(), transforms=Transforms(pad=12, jitter=8, scale=[0.9, 1.1], rotate=10.0,
                                                      jitter_after=4),
@@ -55,6 +56,22 @@ def test_fourier_images_are_real_and_in_range(squash, channels):
     assert image.dtype == tf.float32 and image.shape == (2, 33, 33, channels)
     assert np.isfinite(image).all() and float(tf.reduce_min(image)) >= 0 and float(tf.reduce_max(image)) <= 1
     assert float(tf.math.reduce_std(image)) > 0.01, "a random spectrum is not a flat image"
+
+
+def _frequencies(n):
+    return np.sqrt(np.fft.fftfreq(n)[:, None] ** 2 + np.fft.rfftfreq(n)[None] ** 2)
+
+
+def test_the_shipped_spectrum_is_a_photographs_and_resamples_by_frequency():
+    shipped = np.load(MACO_SPECTRUM)
+    f = _frequencies(shipped.shape[-2])
+    mid = (f > 0.01) & (f < 0.45)
+    slopes = [np.polyfit(np.log(f[mid]), np.log(channel[mid]), 1)[0] for channel in shipped]
+    assert all(-1.8 < s < -0.8 for s in slopes), f"natural photographs' amplitude falls about as 1/f: {slopes}"
+    power_law = 1 / np.maximum(_frequencies(256), 1 / 256)[None]
+    for size in (48, 33):  # even and odd: rfft2's row order wraps round to the negative frequencies
+        want = 1 / np.maximum(_frequencies(size), 1 / size)
+        np.testing.assert_allclose(resample_spectrum(power_law, size)[0, 1:, 1:], want[1:, 1:], rtol=0.01)
 
 
 def _context(seed=0):
@@ -112,6 +129,38 @@ def test_lucid_recipe_is_batch_invariant_and_seeded(block3):
     np.testing.assert_array_equal(first.images[0], last.images[3])
     other_seed = visualize_filters(block3, [7], batch_size=1, **{**kwargs, "seed": 4})
     assert not np.allclose(first.images[0], other_seed.images[0])
+
+
+@pytest.fixture(scope="module")
+def maco(block3):
+    # no random views: the objective of each step is then comparable with the first's
+    recipe = Recipe(param=Maco(), optimizer=LUCID["optimizer"], preprocess=preprocessor("vgg16"))
+    return visualize_filters(block3, [1, 2], iters=6, step_size=0.05, input_size=48, recipe=recipe, seed=0,
+                             layer="block3_conv1")
+
+
+def test_maco_changes_only_the_phase_the_picture_keeps_the_natural_spectrum(maco):
+    start = Maco()
+    first = start.to_image(start.init(image_seeds(0, "block3_conv1", [1, 2]), 48, 3)).numpy()
+    assert np.abs(maco.images - first).max() > 0.1, "the ascent changed the pictures"
+    assert (maco.losses[:, -1] > maco.losses[:, 0]).all()
+    # Undo the sigmoid and the colour recorrelation: what is left is an inverse FFT whose
+    # magnitude is the shipped spectrum at 48 px, up to the one contrast scale.
+    x = np.log(maco.images.astype(np.float64) / (1 - maco.images)) @ np.linalg.inv(COLOR_CORRELATION).T
+    magnitude = np.abs(np.fft.rfft2(np.moveaxis(x, -1, 1)))
+    shipped = resample_spectrum(np.load(MACO_SPECTRUM), 48)
+    shipped[:, 0, 0] = 0  # the mean is the squash's: grey
+    for image in magnitude:
+        np.testing.assert_allclose(image / image.max(), shipped / shipped.max(), atol=1e-4)
+
+
+def test_maco_keeps_an_attribution_map_and_other_params_none(maco, block3):
+    a = maco.attributions
+    assert a.shape == maco.images.shape and (a >= 0).all() and (a.sum(axis=(1, 2, 3)) > 0).all()
+    rgba = with_attribution(maco.images[0], a[0])
+    assert rgba.shape == (48, 48, 4) and rgba.dtype == np.uint8
+    assert rgba[..., 3].max() == 255 and rgba[..., 3].min() < 128, "transparent where the filter did not look"
+    assert visualize_filters(block3, [1], iters=1, step_size=10.0, input_size=48).attributions is None
 
 
 def _gram_similarity(extractor, images):

@@ -58,6 +58,8 @@ class AscentResult:
     activations: np.ndarray  # (n_images, iters): the filter's mean activation at each iteration
     frames: List[np.ndarray] = field(default_factory=list)  # of one image, for a GIF
     complete: bool = True  # False: the ascent was stopped and these are the images it had reached
+    # like images: |d objective / d image| summed over the steps, for a param that wants it (maco); else None
+    attributions: Optional[np.ndarray] = None
 
     @property
     def filters(self) -> List[int]:
@@ -80,15 +82,20 @@ class AscentResult:
         row = {image_id: j for j, image_id in enumerate(other.ids)}
         take = [(i, row[image_id]) for i, image_id in enumerate(self.ids) if image_id in row]
         images, losses, activations = self.images.copy(), self.losses.copy(), self.activations.copy()
+        attributions = None if self.attributions is None else self.attributions.copy()
         for i, j in take:
             images[i], losses[i], activations[i] = other.images[j], other.losses[j], other.activations[j]
-        return replace(self, images=images, losses=losses, activations=activations)
+            if attributions is not None:
+                attributions[i] = other.attributions[j]
+        return replace(self, images=images, losses=losses, activations=activations, attributions=attributions)
 
 
 def concatenate(parts: Sequence[AscentResult], complete: bool = True) -> AscentResult:
+    attributions = [p.attributions for p in parts]
     return AscentResult([i for p in parts for i in p.ids], np.concatenate([p.images for p in parts]),
                         np.concatenate([p.losses for p in parts]), np.concatenate([p.activations for p in parts]),
-                        [f for p in parts for f in p.frames], complete)
+                        [f for p in parts for f in p.frames], complete,
+                        None if any(a is None for a in attributions) else np.concatenate(attributions))
 
 
 def chunks(filters: Sequence[int], batch_size: int) -> List[List[int]]:
@@ -115,7 +122,8 @@ def climb(optimizer: keras.optimizers.Optimizer, gradient: tf.Tensor, variable: 
 
 class _Compiled:
     """One batch shape's parameter variable, its optimizer and the compiled step, reused by every
-    chunk of that shape (a new chunk resets both), so the step is traced once per shape."""
+    chunk of that shape (a new chunk resets them), so the step is traced once per shape. For a
+    param that `wants_attribution`, also the sum of |d objective / d image| over the steps."""
 
     def __init__(self, extractor: keras.Model, recipe: Recipe, shape: Tuple[int, ...], step_size: float):
         # Grappler's arithmetic optimizer rewrites the mean and the l2-normalisation with a
@@ -127,6 +135,10 @@ class _Compiled:
         self.optimizer.build([self.params])
         self._fresh = [v.numpy() for v in self.optimizer.variables]
         params, optimizer, objective = self.params, self.optimizer, recipe.objective
+        # A Python choice, made when the step is traced: other params' steps are unchanged.
+        self.attribution = (tf.Variable(tf.zeros_like(recipe.param.to_image(params)))
+                            if getattr(recipe.param, "wants_attribution", False) else None)
+        attribution = self.attribution
 
         @tf.function
         def step(filter_indices, seeds, t):
@@ -140,7 +152,11 @@ class _Compiled:
                 value = objective(context)
                 # Images are independent, so d(sum)/d(image_i) is the gradient of objective_i alone.
                 total = tf.reduce_sum(value)
-            grads = tape.gradient(total, params)
+            if attribution is None:
+                grads = tape.gradient(total, params)
+            else:  # d objective / d image, through the random views: where in the image the filter looked
+                grads, image_grads = tape.gradient(total, [params, images])
+                attribution.assign_add(tf.abs(image_grads))
             climb(optimizer, -grads, params)  # Keras descends; we climb
             return value, objectives.activation(context)
 
@@ -148,6 +164,8 @@ class _Compiled:
 
     def reset(self, start: tf.Tensor) -> None:
         self.params.assign(start)
+        if self.attribution is not None:
+            self.attribution.assign(tf.zeros_like(self.attribution))
         for variable, value in zip(self.optimizer.variables, self._fresh):
             variable.assign(value)
 
@@ -190,7 +208,8 @@ class Ascent:
                 parts.append(AscentResult(
                     ids, self.recipe.param.to_image(compiled.params).numpy(),
                     np.concatenate([tf.stack(losses, axis=1).numpy(), pad], axis=1),
-                    np.concatenate([tf.stack(activations, axis=1).numpy(), pad], axis=1), frames))
+                    np.concatenate([tf.stack(activations, axis=1).numpy(), pad], axis=1), frames,
+                    attributions=_numpy(compiled.attribution)))
         return concatenate(parts, complete=False) if parts else None
 
     def _ascend(self, chunk: List[int], copies: int) -> AscentResult:
@@ -224,9 +243,13 @@ class Ascent:
             self.on_snapshot(ids, self.first_step + self.iters, final, True)
         self._running = None
         result = AscentResult(ids, final, tf.stack(losses, axis=1).numpy(), tf.stack(activations, axis=1).numpy(),
-                              frames)
+                              frames, attributions=_numpy(compiled.attribution))
         _check_finite(result)
         return result
+
+
+def _numpy(variable: Optional[tf.Variable]) -> Optional[np.ndarray]:
+    return None if variable is None else variable.numpy()
 
 
 def _check_finite(result: AscentResult) -> None:

@@ -7,6 +7,9 @@
     losses.npy, activations.npy   per image and iteration: the objective, the filter's mean activation
     final_activations.npy         the filter's activation on each final image
     ascent.gif                    one filter's ascent, when asked for
+    attributions.npy              like images.npy: |d objective / d image| summed over the ascent,
+                                  for a param that keeps it (maco)
+    attributions/filter_0012.png  the picture, transparent where the attribution is low (RGBA)
     PARTIAL                       only in a stopped run's folder: the images are where the ascent
                                   had got to (losses.npy and activations.npy are NaN where steps did not run)
 """
@@ -50,6 +53,11 @@ def write_results(result: AscentResult, figures: Optional[Quality], title: str, 
     labels = [label(i, copies) for i in result.ids]
     for image_id, image in zip(result.ids, result.images):
         images.save_png(image, out / "pictures" / png_name(image_id, copies))
+    if result.attributions is not None:
+        (out / "attributions").mkdir(exist_ok=True)
+        np.save(out / "attributions.npy", result.attributions)
+        for image_id, image, attribution in zip(result.ids, result.images, result.attributions):
+            images.save_attribution_png(image, attribution, out / "attributions" / png_name(image_id, copies))
     images.save_grid(result.images, labels, title, out / "grid.png")
     images.save_loss_curves(result.losses, labels, title, out / "loss_curve.png")
     if result.frames:

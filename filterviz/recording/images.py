@@ -1,4 +1,5 @@
-"""Turn raw ascent results into pictures: per-filter PNGs, a grid and the loss curves."""
+"""Turn raw ascent results into pictures: per-filter PNGs, a grid and the loss curves; for maco,
+the picture with its attribution map as transparency."""
 
 import math
 import textwrap
@@ -10,6 +11,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only; never open a window
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from numpy.lib.stride_tricks import sliding_window_view  # noqa: E402
 
 
 def wrap(title: str, width: int = 70) -> str:
@@ -28,6 +30,37 @@ def to_display(image: np.ndarray) -> np.ndarray:
 def save_png(image: np.ndarray, path: Path) -> None:
     shown = to_display(image)
     plt.imsave(path, shown[..., 0] if shown.shape[-1] == 1 else shown, cmap="gray", vmin=0, vmax=1)
+
+
+def with_attribution(image: np.ndarray, attribution: np.ndarray, percentile: float = 99.0) -> np.ndarray:
+    """The display-scaled image as RGBA uint8, opaque where the objective's gradient was large (MaCo's
+    transparency map). Alpha: the attribution's channel mean, blurred (the gradient is pixel speckle;
+    the map is to say which regions mattered), over its `percentile` and at most 1 (a few hot pixels
+    would otherwise leave the rest invisible)."""
+    rgb = to_display(image)
+    rgb = np.repeat(rgb, 3, axis=-1) if rgb.shape[-1] == 1 else rgb
+    strength = blur(attribution.mean(axis=-1), sigma=image.shape[0] / 48)
+    top = float(np.percentile(strength, percentile))
+    alpha = np.clip(strength / top, 0.0, 1.0) if top > 0 else np.ones_like(strength)
+    return (np.concatenate([rgb, alpha[..., None]], axis=-1) * 255).round().astype(np.uint8)
+
+
+def blur(plane: np.ndarray, sigma: float) -> np.ndarray:
+    """A 2-D array Gaussian-blurred, edges reflected."""
+    radius = max(1, int(np.ceil(3 * sigma)))
+    x = np.arange(-radius, radius + 1)
+    kernel = np.exp(-(x**2) / (2 * sigma**2))
+    kernel /= kernel.sum()
+    for axis in (0, 1):
+        padded = np.pad(plane, [(radius, radius) if d == axis else (0, 0) for d in range(2)], mode="reflect")
+        plane = sliding_window_view(padded, len(kernel), axis=axis) @ kernel
+    return plane
+
+
+def save_attribution_png(image: np.ndarray, attribution: np.ndarray, path: Path) -> None:
+    from PIL import Image
+
+    Image.fromarray(with_attribution(image, attribution), "RGBA").save(path)
 
 
 def mosaic(images: np.ndarray, gap: int = 2) -> np.ndarray:
