@@ -6,7 +6,7 @@ import inspect
 
 import hydra.utils
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import ValidationError
+from omegaconf.errors import ConfigKeyError, ValidationError
 
 from filterviz.errors import ConfigError, first_line
 
@@ -34,6 +34,9 @@ def _check_types(group: str, target, values: dict) -> None:
             OmegaConf.merge(OmegaConf.structured(target), values)
         except ValidationError as e:
             raise ConfigError(f"{group}.{e.full_key}: {first_line(e)}") from None
+        except ConfigKeyError as e:  # +param.nonsense=1: a key the class does not take
+            fields = ", ".join(f.name for f in dataclasses.fields(target))
+            raise ConfigError(f"{group}.{e.full_key}: {target.__name__} has no such setting; it takes {fields}") from None
         return
     for name, parameter in inspect.signature(target).parameters.items():
         default, value = parameter.default, values.get(name)

@@ -95,12 +95,13 @@ def test_each_technique_option_builds_the_class_it_names(group, option, cls):
     ("transforms.scale=[a,b]", "transforms.scale[0]: Value 'a' of type 'str' could not be converted to Float"),
     ("objective.copies=0", "objective.copies=0: at least 1 image per filter"),
     ("optimizer.beta_1=high", "optimizer.beta_1='high': expected a float (default 0.9)"),
+    ("+param.nonsense=1", "param.nonsense: Fourier has no such setting; it takes decay, decorrelate, squash, std"),
 ])
 def test_a_wrong_technique_value_is_one_line_naming_the_key(override, says):
     from filterviz import groups
     from filterviz.errors import ConfigError
 
-    group = override.split(".")[0]
+    group = override.split(".")[0].lstrip("+")
     with pytest.raises(ConfigError) as e:
         built = groups.build(make_cfg(override), group)
         built(learning_rate=0.1)  # a Keras optimizer checks its values when made
