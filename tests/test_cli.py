@@ -44,8 +44,9 @@ def test_run_finishes_with_an_activation_series_per_charted_filter_and_the_means
     for key in [f"activation/{name}" for name in charted] + ["activation/mean", "objective/mean"]:
         history = client.get_metric_history(run.info.run_id, key)
         assert sorted(m.step for m in history) == list(range(ITERS)), key
-    for figure in ("final_activation", "robustness", "hf_fraction"):
+    for figure in ("final_activation", "robustness", "hf_fraction", "specificity"):
         assert {k for k in run.data.metrics if k.startswith(f"{figure}/")} == {f"{figure}/{n}" for n in charted}
+    assert 0 <= run.data.metrics["quality/specificity"] <= 1
     assert not [k for k in run.data.metrics if k.endswith("f0003")]  # past filter_series: the table only
     mean = sorted(client.get_metric_history(run.info.run_id, "activation/mean"), key=lambda m: m.step)
     assert mean[-1].value > mean[0].value
@@ -57,6 +58,7 @@ def test_every_filters_figures_are_in_one_table(recorded, tmp_path):
     rows = [dict(zip(table["columns"], row)) for row in table["data"]]
     assert [r["filter"] for r in rows] == FILTERS and {r["layer"] for r in rows} == {"block2_conv1"}
     assert rows[0]["robustness"] == pytest.approx(run.data.metrics["robustness/block2_conv1/f0001"])
+    assert rows[1]["specificity"] == pytest.approx(run.data.metrics["specificity/block2_conv1/f0002"])
     assert rows[2]["picture"] == "pictures/filter_0003.png" and rows[2]["final_activation"] > 0
 
 

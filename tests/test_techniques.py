@@ -1,5 +1,6 @@
 """The techniques: parameterizations, transforms, objectives, optimizers, quality, dead filters, presets."""
 
+from dataclasses import replace
 from functools import partial
 
 import keras
@@ -10,7 +11,7 @@ from hydra import compose, initialize_config_module
 
 from conftest import WEIGHTS, needs_weights
 from filterviz.core import objectives
-from filterviz.core.ascent import Recipe, retry_dead, visualize_filters
+from filterviz.core.ascent import ImageId, Recipe, concatenate, retry_dead, visualize_filters
 from filterviz.config import register_configs
 from filterviz.errors import ConfigError
 from filterviz.core.models import cut_at, preprocessor
@@ -182,15 +183,35 @@ def test_diversity_pushes_a_filters_images_apart(block3):
     assert _gram_similarity(block3, prep(diverse.images)) < _gram_similarity(block3, prep(plain.images)) - 0.01
 
 
-def test_lucid_pictures_are_more_robust_than_the_seeds(block3):
-    filters = [1, 2, 3, 4]
-    seed = visualize_filters(block3, filters, iters=20, step_size=10.0, input_size=48)
-    lucid_recipe = Recipe(**LUCID, preprocess=preprocessor("vgg16"))
-    lucid = visualize_filters(block3, filters, iters=30, step_size=0.05, input_size=48, recipe=lucid_recipe)
+@pytest.fixture(scope="module")
+def lucid_pictures(block3):
+    """Filters 1-4 of block3_conv1 by lucid's recipe, and the recipe."""
+    recipe = Recipe(**LUCID, preprocess=preprocessor("vgg16"))
+    return visualize_filters(block3, [1, 2, 3, 4], iters=30, step_size=0.05, input_size=48, recipe=recipe), recipe
+
+
+def test_lucid_pictures_are_more_robust_than_the_seeds(block3, lucid_pictures):
+    lucid, lucid_recipe = lucid_pictures
+    seed = visualize_filters(block3, lucid.filters, iters=20, step_size=10.0, input_size=48)
     seed_q = measure(block3, seed, Recipe())
     lucid_q = measure(block3, lucid, lucid_recipe)
     assert np.nanmean(lucid_q.robustness) > np.nanmean(seed_q.robustness)
     assert lucid_q.hf_fraction.mean() < seed_q.hf_fraction.mean()
+
+
+def test_specificity_says_whose_picture_it_is(block3, lucid_pictures):
+    """A filter's picture is more specific to that filter than to the filter of another picture,
+    and, on average, than a grey or noise image is to theirs; an objective aimed at no filter has none."""
+    pictures, recipe = lucid_pictures
+    own = measure(block3, pictures, recipe).specificity
+    as_another = replace(pictures, ids=[ImageId(f) for f in np.roll(pictures.filters, 1)])
+    grey = replace(pictures, images=np.full_like(pictures.images, 0.5))
+    noise = replace(pictures, images=np.random.default_rng(0).uniform(size=pictures.images.shape).astype(np.float32))
+    controls = measure(block3, concatenate([as_another, grey, noise]), recipe).specificity.reshape(3, -1)
+    assert ((0 <= own) & (own <= 1)).all()
+    assert (own > controls[0]).all(), (own, controls[0])  # each picture: its own filter's more than another's
+    assert own.mean() > controls[1:].mean(axis=1).max() + 0.1, (own, controls)  # than grey's or noise's, on average
+    assert np.isnan(measure(block3, pictures, replace(recipe, objective=objectives.Objective("layer"))).specificity).all()
 
 
 @needs_weights

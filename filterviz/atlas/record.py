@@ -21,6 +21,8 @@ FIGURES = {
     "robustness": "activation under 16 random small shifts, scalings and rotations over that on the picture "
                   "(near 1: a picture of a feature; near 0: one that games exact pixels)",
     "hf_fraction": "share of the picture's spectral energy at high frequencies (lower: smoother)",
+    "specificity": "on 16 random views of its picture, the filter's activation over its own plus the strongest other "
+                   "filter's of the layer (0.5: a tie; near 1: a picture of this filter alone)",
 }
 
 
@@ -89,7 +91,8 @@ def _filters(table: dict, curves: np.ndarray, pictures: Path, folder: Path, laye
         shutil.move(pictures / picture, folder / picture)
         found.append({
             "filter": row["filter"], "picture": f"pictures/{layer}/{picture}", "dead": row["dead"],
-            "figures": {k: _number(row[k]) for k in Quality.PER_IMAGE},
+            # .get: a resumed atlas's older jobs may predate a figure
+            "figures": {k: _number(row.get(k)) for k in Quality.PER_IMAGE},
             "curve": [_number(v) for v in curve], "run_id": run_id, "run_url": url,
             "command": shlex.join(["python", "-m", "filterviz", *base_command, f"layer={layer}",
                                    f"filters={row['filter']}"])})

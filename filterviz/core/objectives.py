@@ -44,6 +44,11 @@ def channel(ctx: Context) -> tf.Tensor:
     return tf.reduce_mean(tf.gather(_cropped(ctx), ctx.filters, axis=3, batch_dims=1), axis=[1, 2])
 
 
+def channel_means(ctx: Context) -> tf.Tensor:
+    """(batch, channels): every channel's mean response, as `channel` reads its own (not a term)."""
+    return tf.reduce_mean(_cropped(ctx), axis=[1, 2])
+
+
 def neuron(ctx: Context) -> tf.Tensor:
     acts = ctx.activations
     centre = acts[:, tf.shape(acts)[1] // 2, tf.shape(acts)[2] // 2, :]
@@ -163,6 +168,7 @@ class Objective:
 
 
 activation = channel  # the filter's mean response, whatever the objective
+FILTER_TERMS = ("channel", "neuron")  # the terms that make an image a picture of its own filter
 
 
 def random_direction(channels: int, seed: int) -> np.ndarray:

@@ -6,10 +6,30 @@ robustness        mean activation over 16 random views (jitter ±8 px, scale 0.9
                   a picture of a feature, near 0 for one that games exact pixels
 hf_fraction       share of the image's spectral energy above half the Nyquist frequency:
                   high for pixel noise, low for smooth pictures
+specificity       under the same 16 views, own / (own + rival): the filter's mean activation
+                  against that of the strongest other filter of its layer, averaged over the
+                  views: 0.5 a tie, near 1 a picture of that filter alone, near 0 a picture
+                  of something else
 dead              the filter never fired (`AscentResult.dead`, the one rule)
 
 Activations are measured as the ascent measures them: the objective's `activation` term
 (objectives.py) on the model's preprocessed input.
+
+The first three are graded by the thing that was optimised; specificity asks a second,
+independent question: is this a picture *of this filter*? The ascent only pushes its own
+filter up; nothing in it rewards leaving the layer's other filters quiet. Why this form:
+- a ratio of activations has no units, so raw and preprocessed inputs (activations orders
+  of magnitude apart) and layers compare directly, and it lies in [0, 1] (positive parts:
+  a silent own filter scores 0, a filter alone in firing 1);
+- against the strongest rival, not a rank among all channels: the fraction of channels
+  beaten was 1 for every live filter of both `best` and `seed` on block5_conv1, so it
+  could not tell presets apart; the margin over the runner-up keeps that headroom;
+- on the random views, not the exact pixels, so one lucky alignment does not earn it.
+Raw channel means, not normalised per channel: a filter whose responses are typically
+small is harder to make win, which is part of the question ("of which filter is this a
+picture?"). More channels mean stronger rivals, so deep layers score somewhat lower.
+Defined where the objective aims at the image's filter (`objectives.FILTER_TERMS`); NaN
+for `layer` or `direction`.
 """
 
 from dataclasses import dataclass
@@ -43,24 +63,30 @@ class Quality:
     final_activation: np.ndarray
     robustness: np.ndarray
     hf_fraction: np.ndarray
+    specificity: np.ndarray
     dead: np.ndarray
 
-    PER_IMAGE = ("final_activation", "robustness", "hf_fraction")
-    SUMMARY = ("quality/final_activation", "quality/robustness", "quality/hf_fraction", "quality/dead_filters")
+    PER_IMAGE = ("final_activation", "robustness", "hf_fraction", "specificity")
+    SUMMARY = ("quality/final_activation", "quality/robustness", "quality/hf_fraction", "quality/specificity",
+               "quality/dead_filters")
 
     def per_image(self) -> Dict[str, np.ndarray]:
-        return dict(zip(self.PER_IMAGE, (self.final_activation, self.robustness, self.hf_fraction)))
+        return {name: getattr(self, name) for name in self.PER_IMAGE}
 
     def summary(self) -> Dict[str, float]:
         """Run-level figures: means over live filters (dead ones say nothing about the picture)."""
         live = ~self.dead
         pick = live if live.any() else np.ones_like(live)
-        robust = self.robustness[pick]
         return dict(zip(self.SUMMARY, (
             float(np.mean(self.final_activation[pick])),
-            float(np.nanmean(robust)) if np.isfinite(robust).any() else float("nan"),
+            _nanmean(self.robustness[pick]),
             float(np.mean(self.hf_fraction[pick])),
+            _nanmean(self.specificity[pick]),
             float(self.dead.sum()))))
+
+
+def _nanmean(values: np.ndarray) -> float:
+    return float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
 
 
 def measure(extractor: keras.Model, result: AscentResult, recipe: Recipe, batch_size: int = 16) -> Quality:
@@ -68,20 +94,28 @@ def measure(extractor: keras.Model, result: AscentResult, recipe: Recipe, batch_
 
     @tf.function(reduce_retracing=True)
     def activation(x, idx):
+        """Per image: its filter's activation, and own / (own + strongest rival) of the layer."""
         x = recipe.preprocess(x) if recipe.preprocess else x
         acts = tf.cast(extractor(x, training=False), tf.float32)
-        return objectives.activation(recipe.objective.context(acts, idx))
+        context = recipe.objective.context(acts, idx)
+        means = tf.nn.relu(objectives.channel_means(context))  # the whole layer, already computed: ~free
+        own = tf.gather(means, idx, axis=1, batch_dims=1)
+        rival = tf.reduce_max(tf.where(tf.one_hot(idx, tf.shape(means)[1]) > 0, 0.0, means), axis=1)
+        return objectives.activation(context), tf.math.divide_no_nan(own, own + rival)
 
-    plain, viewed = [], []
+    plain, viewed, specific = [], [], []
     for start in range(0, len(result.images), batch_size):
         x = tf.constant(result.images[start : start + batch_size], tf.float32)
         idx = tf.constant(result.filters[start : start + batch_size], tf.int32)
-        plain.append(activation(x, idx).numpy())
+        plain.append(activation(x, idx)[0].numpy())
         # Fixed seeds: every run is judged on the same views.
         seeds = tf.constant(image_seeds(0, "robustness", range(len(idx))), tf.int32)
-        views = [activation(ROBUSTNESS_VIEWS(x, seeds, tf.constant(v, tf.int32)), idx).numpy() for v in range(VIEWS)]
-        viewed.append(np.mean(views, axis=0))
+        views = [activation(ROBUSTNESS_VIEWS(x, seeds, tf.constant(v, tf.int32)), idx) for v in range(VIEWS)]
+        viewed.append(np.mean([a.numpy() for a, _ in views], axis=0))
+        specific.append(np.mean([s.numpy() for _, s in views], axis=0))
     final, robust = np.concatenate(plain), np.concatenate(viewed)
     with np.errstate(divide="ignore", invalid="ignore"):
         robustness = np.where(final > 0, robust / final, np.nan)
-    return Quality(final, robustness, hf_fraction(result.images), result.dead())
+    aimed = any(recipe.objective.uses(term) for term in objectives.FILTER_TERMS)
+    specificity = np.concatenate(specific) if aimed else np.full(len(final), np.nan)
+    return Quality(final, robustness, hf_fraction(result.images), specificity, result.dead())
