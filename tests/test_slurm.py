@@ -75,8 +75,8 @@ def slurm_id(lines: List[str], job: int) -> str:
 @needs_weights
 def test_a_sweep_on_slurm_requeues_a_job_warned_of_its_time_limit_and_finishes_quietly(tmp_path):
     proc = subprocess.Popen(
-        [sys.executable, "-m", "filterviz", "-m", *launcher(), "filters=0,1", "layer=block1_conv1", "iters=300",
-         "input_size=48", f"model.weights={WEIGHTS}"], cwd=tmp_path, stdout=subprocess.PIPE,
+        [sys.executable, "-m", "filterviz", "-m", *launcher(), "filters=0,1", "layer=block1_conv1", "iters=150",
+         "input_size=32", f"model.weights={WEIGHTS}"], cwd=tmp_path, stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True, env={**os.environ, "HYDRA_FULL_ERROR": "0", "MLFLOW_TRACKING_URI": ""})
     try:
         lines = follow(proc, lambda line: line.startswith("slurm: job #0 running"))
