@@ -1,14 +1,22 @@
-"""Speed of filterviz against the seeds' loop and against the hardware's ceiling.
+"""Speed of filterviz's recipes against xplique, the seeds' loop and the hardware's ceiling.
 
-On one machine, in one run, interleaved rounds of:
-  notebook  the seed notebooks' eager loop, one filter at a time (filterviz/notebook.py)
-  filterviz visualize_filters: the whole batch of filters in one compiled step
-  bare      a compiled forward + input-gradient pass of the same batch, nothing else (the ceiling)
-  filterviz-bf16  filterviz with precision=bfloat16 (Keras mixed precision), for reference
-  filterviz-live  filterviz streaming every activation point to a SQLite MLflow store as a run does
-                  (recording/live.py; a send every tenth of the iterations), for the logging overhead
-for `--filters` filters of `--layer` at `--size`. Prints filter-iterations per second (median
-over rounds) and the ratios; targets: filterviz >= 3x notebook and >= 0.9x bare.
+On one machine, in one run, interleaved rounds of (pick with --contenders):
+  seed         the seed recipe (experiment=seed: pixels, no transforms, l2 step), all filters in one step
+  best         the default recipe (experiment=best: Fourier, transforms, Adam) as a run makes it: XLA, and
+               views of the picture's own size
+  best-no-xla  the same without XLA                                   } what each change bought
+  best-padded  the same without XLA, with lucid's padded 120 px views } (the default before them)
+  xplique      xplique's `optimize` (Fourier, its standard transforms, Adam 0.05) on the same filters,
+               size and iterations; needs the `benchmark` extra (pip install -e .[benchmark])
+  bare         a compiled forward + input-gradient pass of the same batch, nothing else
+  notebook     the seed notebooks' eager loop, one filter at a time (filterviz/core/notebook.py)
+  bf16         the seed recipe with precision=bfloat16 (Keras mixed precision), for reference
+  live         the seed recipe streaming every point to a SQLite MLflow store as a run does
+for `--filters` filters of `--layer` at `--size`. Prints filter-iterations per second (median over
+rounds) and the ratios against their targets: best >= 1.3x xplique, seed >= 0.9x bare.
+
+xplique's `optimize` traces a new step at every call, so its rate is taken from two calls of
+different lengths (the difference cancels the tracing), like filterviz's after a warm-up round.
 
     python experiments/benchmark.py --weights ../shared/weights/vgg16_imagenet_notop.weights.h5
 """
@@ -22,12 +30,47 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import tensorflow as tf  # noqa: E402
+from hydra import compose, initialize_config_module  # noqa: E402
 
-from filterviz.core.ascent import ImageId, visualize_filters  # noqa: E402
+from filterviz import job  # noqa: E402
+from filterviz.config import register_configs  # noqa: E402
+from filterviz.core.ascent import Ascent, ImageId, visualize_filters  # noqa: E402
 from filterviz.core.models import cut_at, load_model  # noqa: E402
 from filterviz.core.notebook import notebook_visualize_filter  # noqa: E402
 from filterviz.recording import tracking  # noqa: E402
 from filterviz.recording.live import LiveRun  # noqa: E402
+
+DEFAULT = "seed,best,best-no-xla,best-padded,xplique,bare"
+
+
+def plan_of(args, *overrides: str) -> job.Plan:
+    """The run's own plan (model cut, filters, recipe) for these settings, as the CLI builds it."""
+    with initialize_config_module(version_base="1.3", config_module="filterviz.conf"):
+        cfg = compose("config", overrides=[f"layer={args.layer}", f"filters=0:{args.filters}",
+                                           f"input_size={args.size}", f"iters={args.iters}", "tracking=off",
+                                           f"model.weights={args.weights}", *overrides])
+    return job.prepare(cfg)
+
+
+def xplique_contender(args, extractor: tf.keras.Model):
+    """xplique's optimize on the same filters: returns a function timing `n` of its iterations."""
+    import keras
+    from xplique.features_visualizations import Objective, optimize
+
+    tf.random.set_seed(0)  # its random ops are stateful; op determinism wants a seed
+    sized = keras.applications.VGG16(include_top=False, weights=None, input_shape=(args.size, args.size, 3))
+    for layer in extractor.layers:
+        if layer.weights:
+            sized.get_layer(layer.name).set_weights(layer.get_weights())
+    objective = Objective.channel(sized, args.layer, list(range(args.filters)))
+
+    def seconds(n: int) -> float:
+        start = time.perf_counter()
+        images, _ = optimize(objective, nb_steps=n, custom_shape=(args.size, args.size))
+        images[-1].numpy()
+        return time.perf_counter() - start
+
+    return lambda: seconds(2 + args.iters) - seconds(2)
 
 
 def main() -> None:
@@ -38,39 +81,35 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=96)
     parser.add_argument("--iters", type=int, default=8, help="iterations per filter in each timed round")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--contenders", default="notebook,filterviz,bare,filterviz-bf16,filterviz-live",
-                        help="which to time, e.g. filterviz,filterviz-live for the logging overhead alone")
-    parser.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=True,
-                        help="TensorFlow op determinism, as the app enables by default")
+    parser.add_argument("--contenders", default=DEFAULT, help=f"comma-separated, default {DEFAULT}")
     args = parser.parse_args()
-    if args.deterministic:
-        tf.config.experimental.enable_op_determinism()
-
-    extractor = cut_at(load_model("vgg16", args.weights), args.layer).extractor
     chosen = args.contenders.split(",")
-    extractor_bf16 = cut_at(load_model("vgg16", args.weights, precision="bfloat16"), args.layer).extractor \
-        if "filterviz-bf16" in chosen else None
+    register_configs()
+
+    best = plan_of(args)
+    # What a run does: XLA where it keeps the bits, op determinism otherwise.
+    job.seed_everything(0, best.cfg.deterministic, job.uses_xla(best.cfg))
+    plans = {"best": best, "best-no-xla": plan_of(args, "xla=false"),
+             "best-padded": plan_of(args, "xla=false", "transforms.same_size=false")}
+    extractor = best.cut.extractor
     filters = list(range(args.filters))
     work = len(filters) * args.iters  # filter-iterations per round
 
-    def notebook():
-        for f in filters:
-            notebook_visualize_filter(extractor, f, iters=args.iters, input_size=args.size)
+    def timed(run):
+        def seconds() -> float:
+            start = time.perf_counter()
+            run()
+            return time.perf_counter() - start
+        return seconds
 
-    def filterviz(model=extractor, on_step=None):
+    def recipe(name: str):
+        plan = plans[name]
+        ascent = Ascent(plan.cut.extractor, plan.recipe, **plan.schedule())
+        return timed(lambda: ascent.run(filters))
+
+    def seed(model=extractor, on_step=None):
         visualize_filters(model, filters, iters=args.iters, step_size=10.0, input_size=args.size,
                           batch_size=len(filters), on_step=on_step)
-
-    store = tempfile.mkdtemp()
-    tracker = tracking.Tracker(tracking.resolve_store(f"sqlite:///{store}/mlflow.db"), "benchmark")
-
-    # Runs are made before the clock starts (a real run makes its own before the first step too).
-    run_ids = [tracker.client.create_run(tracker.experiment_id).info.run_id for _ in range(args.rounds + 1)]
-
-    def filterviz_live():
-        live = LiveRun(tracker, run_ids.pop(), {ImageId(f, 0): f"{args.layer}/f{f:04d}" for f in filters}, args.iters)
-        filterviz(on_step=live)
-        live.close()  # every point in the store before the clock stops
 
     @tf.function
     def forward_and_input_gradient(images):
@@ -86,34 +125,60 @@ def main() -> None:
             grads = forward_and_input_gradient(images)
         grads.numpy()
 
-    contenders = {"notebook": notebook, "filterviz": filterviz, "bare": bare,
-                  "filterviz-bf16": lambda: filterviz(extractor_bf16), "filterviz-live": filterviz_live}
-    contenders = {name: run for name, run in contenders.items() if name in chosen}
-    for run in contenders.values():  # warm up: tracing and first-call allocation are not timed
-        run()
+    def notebook():
+        for f in filters:
+            notebook_visualize_filter(extractor, f, iters=args.iters, input_size=args.size)
+
+    contenders = {"seed": timed(seed), "bare": timed(bare), "notebook": timed(notebook)}
+    contenders.update({name: recipe(name) for name in plans if name in chosen})
+    if "bf16" in chosen:
+        bf16 = cut_at(load_model("vgg16", args.weights, precision="bfloat16"), args.layer).extractor
+        contenders["bf16"] = timed(lambda: seed(bf16))
+    if "live" in chosen:
+        store = tempfile.mkdtemp()
+        tracker = tracking.Tracker(tracking.resolve_store(f"sqlite:///{store}/mlflow.db"), "benchmark")
+        # Runs are made before the clock starts (a real run makes its own before the first step too).
+        run_ids = [tracker.client.create_run(tracker.experiment_id).info.run_id for _ in range(args.rounds + 1)]
+
+        def live():
+            recorder = LiveRun(tracker, run_ids.pop(), {ImageId(f, 0): f"{args.layer}/f{f:04d}" for f in filters},
+                               args.iters)
+            seed(on_step=recorder)
+            recorder.close()  # every point in the store before the clock stops
+        contenders["live"] = timed(live)
+    if "xplique" in chosen:
+        try:
+            contenders["xplique"] = xplique_contender(args, extractor)
+        except ImportError:
+            print("xplique is not installed (pip install -e .[benchmark]): left out")
+    contenders = {name: seconds for name, seconds in contenders.items() if name in chosen}
+
+    for seconds in contenders.values():  # warm up: tracing, compilation, first-call allocation untimed
+        seconds()
     rates = {name: [] for name in contenders}
     for _ in range(args.rounds):
-        for name, run in contenders.items():
-            start = time.perf_counter()
-            run()
-            rates[name].append(work / (time.perf_counter() - start))
+        for name, seconds in contenders.items():
+            rates[name].append(work / seconds())
 
     median = {name: statistics.median(r) for name, r in rates.items()}
     print(f"{args.filters} filters of vgg16 {args.layer} at {args.size}x{args.size}, {args.iters} iterations, "
-          f"{args.rounds} rounds, {os.cpu_count()} CPUs, deterministic={args.deterministic}")
+          f"{args.rounds} rounds, {os.cpu_count()} CPUs, xla={job.uses_xla(best.cfg)}")
     for name, rate in median.items():
         spread = f"{min(rates[name]):.1f}..{max(rates[name]):.1f}"
-        print(f"  {name:<15} {rate:7.2f} filter-iterations/s  (rounds {spread})")
+        print(f"  {name:<12} {rate:7.2f} filter-iterations/s  (rounds {spread})")
+
     def ratio(a: str, b: str, target: str) -> None:
         if a in median and b in median:
             print(f"  {a} / {b} = {median[a] / median[b]:.2f}x  ({target})")
 
-    ratio("filterviz", "notebook", "target >= 3")
-    ratio("filterviz", "bare", "target >= 0.9")
-    ratio("filterviz-bf16", "filterviz", "> 1 only where the hardware has bfloat16 units")
-    if "filterviz-live" in median and "filterviz" in median:
-        print(f"  live logging overhead = {100 * (1 - median['filterviz-live'] / median['filterviz']):.1f} %  "
-              "(target < 5 %)")
+    ratio("best", "xplique", "target >= 1.3")
+    ratio("seed", "bare", "target >= 0.9")
+    ratio("best-no-xla", "best-padded", "views of the picture's size instead of padded ones")
+    ratio("best", "best-no-xla", "XLA")
+    ratio("seed", "notebook", "target >= 3")
+    ratio("bf16", "seed", "> 1 only where the hardware has bfloat16 units")
+    if "live" in median and "seed" in median:
+        print(f"  live logging overhead = {100 * (1 - median['live'] / median['seed']):.1f} %  (target < 5 %)")
 
 
 if __name__ == "__main__":

@@ -80,6 +80,7 @@ class FilterVizConfig:
     gif_filter: Optional[int] = MISSING
     precision: Precision = MISSING
     deterministic: bool = MISSING
+    xla: bool = False  # set by config.yaml; False for records made before it, so they replay as they ran
     optimized_metric: str = MISSING
     preset: Optional[str] = MISSING  # set by the preset (experiment=...) the run starts from
     atlas: Optional[AtlasConfig] = None  # set by python -m filterviz.atlas (conf/atlas.yaml)

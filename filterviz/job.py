@@ -65,7 +65,7 @@ class Plan:
     def schedule(self) -> dict:
         cfg = self.cfg
         return dict(iters=cfg.iters, step_size=cfg.step_size, input_size=cfg.input_size,
-                    batch_size=cfg.batch_size, seed=cfg.seed, layer=self.cut.layer)
+                    batch_size=cfg.batch_size, seed=cfg.seed, layer=self.cut.layer, xla=cfg.xla)
 
 
 @dataclass

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from filterviz.atlas import plan
+from filterviz.atlas.__main__ import ATLAS
 from filterviz.core.models import ConvLayer
 from filterviz.errors import ConfigError
 from atlases import LAYERS, atlas_args, pictures, runs_by_kind, site_of, start_atlas, store
@@ -38,7 +39,7 @@ def test_the_atlas_renders_every_filter_of_every_conv_layer_under_one_parent(uni
             for layer in manifest["layers"]] == [(n, k, list(range(k))) for n, k in LAYERS.items()]
     assert len(pictures(site)) == 18 and (site / "index.html").is_file()
     some = manifest["layers"][1]["filters"][5]
-    assert some["command"].startswith("python -m filterviz model=file") and some["command"].endswith(
+    assert some["command"].startswith("python -m filterviz xla=false model=file") and some["command"].endswith(
         "layer=conv_b filters=5")
     logged = {a.path for a in store(cwd).list_artifacts(parent.info.run_id, "atlas")}
     assert "atlas/index.html" in logged
@@ -153,6 +154,10 @@ def test_a_setting_that_changes_pictures_makes_another_atlas():
     assert plan.identity(same) != plan.identity({**same, "seed": "1"})
 
 
+# what python -m filterviz.atlas adds to every job's settings
+ATLAS_JOB = [a for a in ATLAS if "=" in a and not a.startswith(("hydra", "+"))]
+
+
 def test_in_process_jobs_leave_no_memory_behind(small_model, tmp_path):
     """An in-process atlas runs hundreds of jobs in one process: each job's traced step must go
     when the job does (Keras' apply_gradients kept every one alive, ~10 MiB per VGG16 job)."""
@@ -165,7 +170,8 @@ def test_in_process_jobs_leave_no_memory_behind(small_model, tmp_path):
 
     def one_job(k: int) -> None:  # the default recipe (Adam, Fourier, transforms), as an atlas job runs it
         job.run(make_cfg("model=file", f"model.path={small_model}", "model.weights=null", "tracking=off",
-                         "iters=5", "input_size=32", "layer=conv_b", f"filters={k % 8}"), tmp_path / str(k))
+                         "iters=5", "input_size=32", "layer=conv_b", f"filters={k % 8}", *ATLAS_JOB),
+                tmp_path / str(k))
         gc.collect()
 
     def state() -> tuple:

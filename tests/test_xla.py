@@ -1,0 +1,96 @@
+"""The default run's speed-ups: views of the picture's size, and the XLA-compiled step."""
+
+import logging
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from filterviz.core.ascent import Ascent, Recipe
+from filterviz.core.optimizers import L2Step
+from filterviz.core.params import Fourier
+from filterviz.core.transforms import Transforms, warp
+from filterviz.core.xla import TiledMaxPool, for_xla
+
+LUCID_VIEWS = dict(pad=12, jitter=8, scale=[0.9, 1.1], rotate=10.0, jitter_after=4)
+
+
+def small_model(pool: keras.layers.Layer) -> keras.Model:
+    keras.utils.set_random_seed(5)
+    inputs = keras.Input((None, None, 3))
+    x = keras.layers.Conv2D(8, 3, activation="relu", name="conv_a")(inputs)
+    x = pool(x)
+    x = keras.layers.Conv2D(6, 3, activation="relu", name="conv_b")(x)
+    return keras.Model(inputs, x)
+
+
+def test_the_xla_warp_samples_exactly_as_tensorflows_kernel():
+    rng = np.random.default_rng(0)
+    images = tf.constant(rng.random((3, 40, 40, 3), np.float32))
+    shift, scale = tf.constant(rng.uniform(-9, 9, (3, 2)), tf.float32), tf.constant([0.8, 1.0, 1.2])
+    angle = tf.constant([-0.3, 0.0, 0.2])
+    for size in (None, (32, 32)):  # a view as big as the padded picture, and one of the picture's size
+        kernel = warp(images, shift, scale, angle, size).numpy()
+        np.testing.assert_array_equal(warp(images, shift, scale, angle, size, xla=True).numpy(), kernel)
+        assert kernel.shape[1:3] == (size or (40, 40))
+
+
+def test_same_size_views_are_the_pictures_size_and_padded_ones_are_not():
+    pictures, seeds = tf.fill((2, 32, 32, 3), 0.5), tf.constant([1, 2])
+    assert Transforms(**LUCID_VIEWS, same_size=True)(pictures, seeds, tf.constant(0)).shape == (2, 32, 32, 3)
+    assert Transforms(**LUCID_VIEWS)(pictures, seeds, tf.constant(0)).shape == (2, 56, 56, 3)
+    assert Transforms(pad=4, same_size=True)(pictures, seeds, tf.constant(0)).shape == (2, 32, 32, 3)
+
+
+def test_a_tiled_max_pool_gives_the_same_activations_and_shares_the_weights():
+    model = small_model(keras.layers.MaxPooling2D())
+    compiled = for_xla(model)
+    assert any(isinstance(layer, TiledMaxPool) for layer in compiled.layers)
+    assert compiled.get_layer("conv_a") is model.get_layer("conv_a")
+    odd = tf.random.uniform((2, 23, 20, 3), seed=1)  # a partial window at the edge is dropped, as "valid" does
+    np.testing.assert_array_equal(compiled(odd).numpy(), model(odd).numpy())
+
+
+def ascend(model, filters, batch_size, xla=True):
+    recipe = Recipe(param=Fourier(), transforms=Transforms(**LUCID_VIEWS, same_size=True), optimizer=L2Step)
+    return Ascent(model, recipe, iters=6, step_size=0.5, input_size=28, batch_size=batch_size, xla=xla).run(filters)
+
+
+def climbed(result) -> bool:
+    live = result.losses[:, -1] > 0  # a random small model has dead filters
+    return live.any() and (result.losses[live, -1] > result.losses[live, 0]).all()
+
+
+def test_the_xla_step_climbs_keeps_its_bits_and_ignores_batch_companions(caplog):
+    tf.config.experimental.enable_op_determinism()  # as a run does: XLA must compile under it
+    model = small_model(keras.layers.MaxPooling2D())
+    with caplog.at_level(logging.WARNING):
+        together = ascend(model, [0, 1, 2, 3], batch_size=4)
+    assert not caplog.records, "the step must compile with XLA, not fall back"
+    assert climbed(together)
+    np.testing.assert_array_equal(ascend(model, [0, 1, 2, 3], batch_size=4).images, together.images)
+    # Same batch shape, other companions: identical bits; another batch size: equal up to rounding.
+    np.testing.assert_array_equal(ascend(model, [5, 2, 4, 1], batch_size=4).images[1], together.images[2])
+    np.testing.assert_allclose(ascend(model, [2], batch_size=1).images[0], together.images[2], rtol=0, atol=1e-4)
+
+
+def test_a_model_xla_cannot_compile_deterministically_runs_uncompiled_saying_why(caplog):
+    tf.config.experimental.enable_op_determinism()
+    model = small_model(keras.layers.MaxPooling2D(3, strides=2))  # overlapping windows, as ResNet50's
+    with caplog.at_level(logging.WARNING):
+        result = ascend(model, [0, 1], batch_size=2)
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1 and "running it uncompiled" in warnings[0] and "deterministic=false" in warnings[0]
+    assert "\n" not in warnings[0] and np.isfinite(result.images).all()
+    assert climbed(result)
+
+
+@pytest.mark.parametrize("preset", ["best"])
+def test_the_default_run_uses_xla_and_views_of_the_pictures_size(preset):
+    from conftest import make_cfg
+
+    cfg = make_cfg(f"experiment={preset}")
+    assert cfg.xla and cfg.transforms.same_size
+    seed = make_cfg("experiment=seed")
+    assert not seed.xla, "the seed preset stays bit for bit the notebooks' loop"
