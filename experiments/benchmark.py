@@ -2,10 +2,11 @@
 
 On one machine, in one run, interleaved rounds of (pick with --contenders):
   seed         the seed recipe (experiment=seed: pixels, no transforms, l2 step), all filters in one step
-  best         the default recipe (experiment=best: Fourier, transforms, Adam) as a run makes it: XLA, and
-               views of the picture's own size
-  best-no-xla  the same without XLA                                   } what each change bought
-  best-padded  the same without XLA, with lucid's padded 120 px views } (the default before them)
+  best         the default recipe (experiment=best: Fourier, transforms, Adam) as a run makes it here: views
+               of the picture's own size, and XLA where this machine runs it faster (xla's default)
+  best-xla     the same, XLA-compiled                                 }
+  best-plain   the same, not compiled by XLA                          } what each change bought
+  best-padded  the same, plain, with lucid's padded 120 px views      } (the default before them)
   xplique      xplique's `optimize` (Fourier, its standard transforms, Adam 0.05) on the same filters,
                size and iterations; needs the `benchmark` extra (pip install -e .[benchmark])
   bare         a compiled forward + input-gradient pass of the same batch, nothing else
@@ -40,7 +41,7 @@ from filterviz.core.notebook import notebook_visualize_filter  # noqa: E402
 from filterviz.recording import tracking  # noqa: E402
 from filterviz.recording.live import LiveRun  # noqa: E402
 
-DEFAULT = "seed,best,best-no-xla,best-padded,xplique,bare"
+DEFAULT = "seed,best,best-xla,best-plain,best-padded,xplique,bare"
 
 
 def plan_of(args, *overrides: str) -> job.Plan:
@@ -87,9 +88,8 @@ def main() -> None:
     register_configs()
 
     best = plan_of(args)
-    # What a run does: XLA where it keeps the bits, op determinism otherwise.
-    job.seed_everything(0, best.cfg.deterministic, job.uses_xla(best.cfg))
-    plans = {"best": best, "best-no-xla": plan_of(args, "xla=false"),
+    job.seed_everything(0, best.cfg.deterministic)  # as a run does
+    plans = {"best": best, "best-xla": plan_of(args, "xla=true"), "best-plain": plan_of(args, "xla=false"),
              "best-padded": plan_of(args, "xla=false", "transforms.same_size=false")}
     extractor = best.cut.extractor
     filters = list(range(args.filters))
@@ -162,7 +162,7 @@ def main() -> None:
 
     median = {name: statistics.median(r) for name, r in rates.items()}
     print(f"{args.filters} filters of vgg16 {args.layer} at {args.size}x{args.size}, {args.iters} iterations, "
-          f"{args.rounds} rounds, {os.cpu_count()} CPUs, xla={job.uses_xla(best.cfg)}")
+          f"{args.rounds} rounds, {os.cpu_count()} CPUs, xla={best.cfg.xla}")
     for name, rate in median.items():
         spread = f"{min(rates[name]):.1f}..{max(rates[name]):.1f}"
         print(f"  {name:<12} {rate:7.2f} filter-iterations/s  (rounds {spread})")
@@ -173,8 +173,8 @@ def main() -> None:
 
     ratio("best", "xplique", "target >= 1.3")
     ratio("seed", "bare", "target >= 0.9")
-    ratio("best-no-xla", "best-padded", "views of the picture's size instead of padded ones")
-    ratio("best", "best-no-xla", "XLA")
+    ratio("best-plain", "best-padded", "views of the picture's size instead of padded ones")
+    ratio("best-xla", "best-plain", f"XLA; > 1 where the default compiles (here xla={best.cfg.xla})")
     ratio("seed", "notebook", "target >= 3")
     ratio("bf16", "seed", "> 1 only where the hardware has bfloat16 units")
     if "live" in median and "seed" in median:

@@ -12,8 +12,9 @@ from enum import Enum
 from typing import Any, Dict, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig
+from omegaconf import MISSING, DictConfig, OmegaConf
 
+from filterviz.core.hardware import xla_is_faster
 from filterviz.errors import ConfigError
 
 
@@ -91,6 +92,8 @@ def register_configs() -> None:
     cs.store(name="filterviz_schema", node=FilterVizConfig)
     cs.store(group="model", name="model_schema", node=ModelConfig)
     cs.store(group="tracking", name="tracking_schema", node=TrackingConfig)
+    # conf/config.yaml's `xla: ${xla_is_faster:}`: resolved once per run, and logged resolved
+    OmegaConf.register_new_resolver("xla_is_faster", xla_is_faster, replace=True)
 
 
 def check_ranges(cfg: DictConfig) -> None:
