@@ -19,6 +19,13 @@ def test_the_default_is_the_best_preset_and_the_seed_preset_is_the_notebooks():
     assert (seed.step_size, seed.preprocess, seed.param.init_value) == (10.0, False, 0.5)
 
 
+def test_the_maco_preset_is_the_default_recipe_with_maco_phase_only():
+    best, maco = make_cfg(), make_cfg("experiment=maco")
+    assert (maco.param._target_, maco.preset) == ("filterviz.core.params.Maco", "maco")
+    for key in ("transforms", "optimizer", "objective", "iters", "step_size", "preprocess", "retry_dead"):
+        assert maco[key] == best[key], key
+
+
 def test_command_line_groups_win_over_the_preset():
     cfg = make_cfg("optimizer=l2_step", "step_size=3")
     assert (cfg.optimizer._target_, cfg.step_size, cfg.param._target_) == (
