@@ -30,7 +30,8 @@ RETRIES = 2
 
 
 def plan(recipe: str, layer: str, args) -> job.Plan:
-    overrides = [f"experiment={recipe}", f"layer={layer}", f"filters=random:{args.per_layer}", "tracking=off",
+    preset, *extra = recipe.split()  # "best param.std=0.5": a preset with overrides
+    overrides = [f"experiment={preset}", *extra, f"layer={layer}", f"filters=random:{args.per_layer}", "tracking=off",
                  f"model.weights={args.weights}", f"input_size={args.size}"]
     with initialize_config_module(version_base="1.3", config_module="filterviz.conf"):
         return job.prepare(compose("config", overrides=overrides))

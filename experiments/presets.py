@@ -32,12 +32,13 @@ from filterviz import job  # noqa: E402
 from filterviz.config import register_configs  # noqa: E402
 from filterviz.recording.images import to_display  # noqa: E402
 
-PRESETS = ["seed", "keras_example", "lucid", "best"]
+PRESETS = ["seed", "keras_example", "lucid", "best", "maco"]
 LAYERS = ["block1_conv2", "block3_conv1", "block5_conv1"]
 
 
 def run(preset: str, layer: str, iters: int, args, out: Path) -> job.JobResult:
-    overrides = [f"experiment={preset}", f"layer={layer}", f"filters={args.filters}", f"iters={iters}",
+    preset, *extra = preset.split()  # "best param.std=0.5": a preset with overrides
+    overrides = [f"experiment={preset}", *extra, f"layer={layer}", f"filters={args.filters}", f"iters={iters}",
                  "tracking=off", f"model.weights={args.weights}", f"input_size={args.size}"]
     with initialize_config_module(version_base="1.3", config_module="filterviz.conf"):
         cfg = compose("config", overrides=overrides)
