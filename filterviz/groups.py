@@ -36,7 +36,8 @@ def _check_types(group: str, target, values: dict) -> None:
             raise ConfigError(f"{group}.{e.full_key}: {first_line(e)}") from None
         except ConfigKeyError as e:  # +param.nonsense=1: a key the class does not take
             fields = ", ".join(f.name for f in dataclasses.fields(target))
-            raise ConfigError(f"{group}.{e.full_key}: {target.__name__} has no such setting; it takes {fields}") from None
+            takes = f"it takes {fields}" if fields else "it takes no settings"
+            raise ConfigError(f"{group}.{e.full_key}: {target.__name__} has no such setting; {takes}") from None
         return
     for name, parameter in inspect.signature(target).parameters.items():
         default, value = parameter.default, values.get(name)

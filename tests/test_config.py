@@ -97,6 +97,16 @@ def test_each_technique_option_builds_the_class_it_names(group, option, cls):
     assert type(built).__name__ == cls
 
 
+def test_the_lucid_presets_start_on_another_param_is_one_line():
+    """lucid's std=0.01 start comes with the preset; a param without that setting says so."""
+    from filterviz import groups
+    from filterviz.errors import ConfigError
+
+    assert make_cfg("experiment=lucid").param.std == 0.01 and make_cfg().param.std == 0.1
+    with pytest.raises(ConfigError, match="^param.std: Maco has no such setting; it takes no settings$"):
+        groups.build(make_cfg("experiment=lucid", "param=maco"), "param")
+
+
 @pytest.mark.parametrize("override, says", [
     ("param.decay=fast", "param.decay: Value 'fast' of type 'str' could not be converted to Float"),
     ("transforms.scale=[a,b]", "transforms.scale[0]: Value 'a' of type 'str' could not be converted to Float"),
