@@ -59,7 +59,6 @@ def phases(report: Path, argv: List[str]) -> None:
 
     def timed(name: str, function):
         def wrapper(*args, **kwargs):
-            nonlocal clock
             lap("between the steps (Hydra, MLflow run, ...)")  # what ran since the last timed step
             try:
                 return function(*args, **kwargs)

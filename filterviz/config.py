@@ -92,8 +92,8 @@ def register_configs() -> None:
     cs.store(name="filterviz_schema", node=FilterVizConfig)
     cs.store(group="model", name="model_schema", node=ModelConfig)
     cs.store(group="tracking", name="tracking_schema", node=TrackingConfig)
-    # conf/config.yaml's `xla: ${xla_is_faster:}`: resolved once per run, and logged resolved
-    OmegaConf.register_new_resolver("xla_is_faster", xla_is_faster, replace=True)
+    # conf/config.yaml's `xla: ${xla_is_faster:}`: read from the CPU once per config, and logged resolved
+    OmegaConf.register_new_resolver("xla_is_faster", xla_is_faster, replace=True, use_cache=True)
 
 
 def check_ranges(cfg: DictConfig) -> None:
