@@ -6,6 +6,7 @@ command reports every ConfigError from it the same way, as one line and exit sta
 import json
 import os
 import subprocess
+import sys
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -132,6 +133,23 @@ def test_tracking_off_writes_images_without_a_store(untracked):
     assert not (cwd / "mlruns").exists()
     assert "MLflow run" not in proc.stdout
     assert list(cwd.glob("outputs/*/*/results/pictures/filter_0000.png"))
+
+
+@needs_weights
+def test_the_job_runs_with_garbage_collection_on(tmp_path):
+    """The entry point turns collection off for its imports only (a faster start): a long job or
+    sweep that collected nothing would grow without bound."""
+    probe = ("import gc, sys\n"
+             "import filterviz.__main__ as app\n"
+             "from filterviz import job\n"
+             "plain = job.run\n"
+             "job.run = lambda *a, **k: (print('collecting:', gc.isenabled(), 'frozen:', gc.get_freeze_count() > 0), "
+             "plain(*a, **k))[1]\n"
+             f"sys.argv = ['filterviz', 'tracking=off', 'layer=block1_conv1', 'iters=1', 'model.weights={WEIGHTS}']\n"
+             "app.main()\n")
+    proc = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "collecting: True frozen: True" in proc.stdout
 
 
 def test_bfloat16_says_when_the_hardware_only_emulates_it(untracked):

@@ -67,7 +67,8 @@ def test_the_xla_step_climbs_keeps_its_bits_and_ignores_batch_companions(caplog)
     model = small_model(keras.layers.MaxPooling2D())
     with caplog.at_level(logging.WARNING):
         together = ascend(model, [0, 1, 2, 3], batch_size=4)
-    assert not caplog.records, "the step must compile with XLA, not fall back"
+    fallbacks = [r for r in caplog.records if r.name == "filterviz.core.ascent"]
+    assert not fallbacks, "the step must compile with XLA, not fall back"
     assert climbed(together)
     np.testing.assert_array_equal(ascend(model, [0, 1, 2, 3], batch_size=4).images, together.images)
     # Same batch shape, other companions: identical bits; another batch size: equal up to rounding.
@@ -80,7 +81,7 @@ def test_a_model_xla_cannot_compile_deterministically_runs_uncompiled_saying_why
     model = small_model(keras.layers.MaxPooling2D(3, strides=2))  # overlapping windows, as ResNet50's
     with caplog.at_level(logging.WARNING):
         result = ascend(model, [0, 1], batch_size=2)
-    warnings = [r.getMessage() for r in caplog.records]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "filterviz.core.ascent"]
     assert len(warnings) == 1 and "running it uncompiled" in warnings[0] and "deterministic=false" in warnings[0]
     assert "\n" not in warnings[0] and np.isfinite(result.images).all()
     assert climbed(result)

@@ -163,8 +163,8 @@ class _Compiled:
             climb(optimizer, -grads, params)  # Keras descends; we climb
             return value, objectives.activation(context)
 
-        self._plain = tf.function(step)
-        self.step = tf.function(step, jit_compile=True) if xla else self._plain
+        self._plain = tf.function(step, autograph=False)
+        self.step = tf.function(step, jit_compile=True, autograph=False) if xla else self._plain
         self._untried = xla
 
     def __call__(self, filter_indices: tf.Tensor, seeds: tf.Tensor, t: tf.Tensor):

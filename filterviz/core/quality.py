@@ -92,7 +92,7 @@ def _nanmean(values: np.ndarray) -> float:
 def measure(extractor: keras.Model, result: AscentResult, recipe: Recipe, batch_size: int = 16) -> Quality:
     """Quality figures of the final images of `result`, made with `recipe`."""
 
-    @tf.function(reduce_retracing=True)
+    @tf.function(reduce_retracing=True, autograph=False)
     def activation(x, idx):
         """Per image: its filter's activation, and own / (own + strongest rival) of the layer."""
         x = recipe.preprocess(x) if recipe.preprocess else x

@@ -22,6 +22,11 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from filterviz.errors import ConfigError, Stopped, first_line
 from filterviz.recording.owners import owner_gone, owner_tags
 
+# MLflow's asynchronous logging thread otherwise waits on its queue with a 1 s timeout, and
+# ending a run waits for that (0.5 s on average, experiments/startup.py). With buffering it
+# waits on an event that the run's end sets, and sends what a second gathered as one write.
+os.environ.setdefault("MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS", "1")
+
 DEFAULT_STORE_DIR = "mlruns"
 MAX_BATCH = 1000  # MLflow's limit of entities per log_batch call
 MAX_PARAMS = 100  # and of params per call
