@@ -3,12 +3,14 @@
 On one machine, in one run, interleaved rounds of (pick with --contenders):
   seed         the seed recipe (experiment=seed: pixels, no transforms, l2 step), all filters in one step
   best         the default recipe (experiment=best: Fourier, transforms, Adam) as a run makes it here: views
-               of the picture's own size, and XLA where this machine runs it faster (xla's default)
-  best-xla     the same, XLA-compiled                                 }
-  best-plain   the same, not compiled by XLA                          } what each change bought
+               of the picture's own size; XLA and bfloat16 where this machine runs them faster (their defaults)
+  best-xla     the same in float32, XLA-compiled                      }
+  best-plain   the same in float32, not compiled by XLA               } what each change bought
   best-padded  the same, plain, with lucid's padded 120 px views      } (the default before them)
+  best-bf16    the same, plain, in bfloat16 (Keras mixed precision)   }
   xplique      xplique's `optimize` (Fourier, its standard transforms, Adam 0.05) on the same filters,
                size and iterations; needs the `benchmark` extra (pip install -e .[benchmark])
+  xplique-bf16 the same under Keras' mixed_bfloat16 policy (xplique's precision equal to best-bf16's)
   bare         a compiled forward + input-gradient pass of the same batch, nothing else
   notebook     the seed notebooks' eager loop, one filter at a time (filterviz/core/notebook.py)
   bf16         the seed recipe with precision=bfloat16 (Keras mixed precision), for reference
@@ -41,7 +43,7 @@ from filterviz.core.notebook import notebook_visualize_filter  # noqa: E402
 from filterviz.recording import tracking  # noqa: E402
 from filterviz.recording.live import LiveRun  # noqa: E402
 
-DEFAULT = "seed,best,best-xla,best-plain,best-padded,xplique,bare"
+DEFAULT = "seed,best,best-xla,best-plain,best-padded,best-bf16,xplique,bare"
 
 
 def plan_of(args, *overrides: str) -> job.Plan:
@@ -53,13 +55,18 @@ def plan_of(args, *overrides: str) -> job.Plan:
     return job.prepare(cfg)
 
 
-def xplique_contender(args, extractor: tf.keras.Model):
+def xplique_contender(args, extractor: tf.keras.Model, precision: str = "float32"):
     """xplique's optimize on the same filters: returns a function timing `n` of its iterations."""
     import keras
     from xplique.features_visualizations import Objective, optimize
 
     tf.random.set_seed(0)  # its random ops are stateful; op determinism wants a seed
-    sized = keras.applications.VGG16(include_top=False, weights=None, input_shape=(args.size, args.size, 3))
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("float32" if precision == "float32" else f"mixed_{precision}")
+    try:
+        sized = keras.applications.VGG16(include_top=False, weights=None, input_shape=(args.size, args.size, 3))
+    finally:
+        keras.config.set_dtype_policy(previous)
     for layer in extractor.layers:
         if layer.weights:
             sized.get_layer(layer.name).set_weights(layer.get_weights())
@@ -89,9 +96,11 @@ def main() -> None:
 
     best = plan_of(args)
     job.seed_everything(0, best.cfg.deterministic)  # as a run does
-    plans = {"best": best, "best-xla": plan_of(args, "xla=true"), "best-plain": plan_of(args, "xla=false"),
-             "best-padded": plan_of(args, "xla=false", "transforms.same_size=false")}
-    extractor = best.cut.extractor
+    f32 = "precision=float32"
+    plans = {"best": best, "best-xla": plan_of(args, "xla=true", f32), "best-plain": plan_of(args, "xla=false", f32),
+             "best-padded": plan_of(args, "xla=false", f32, "transforms.same_size=false"),
+             "best-bf16": plan_of(args, "xla=false", "precision=bfloat16")}
+    extractor = plans["best-plain"].cut.extractor  # float32, for the seed recipe, bare and xplique
     filters = list(range(args.filters))
     work = len(filters) * args.iters  # filter-iterations per round
 
@@ -146,11 +155,12 @@ def main() -> None:
             seed(on_step=recorder)
             recorder.close()  # every point in the store before the clock stops
         contenders["live"] = timed(live)
-    if "xplique" in chosen:
-        try:
-            contenders["xplique"] = xplique_contender(args, extractor)
-        except ImportError:
-            print("xplique is not installed (pip install -e .[benchmark]): left out")
+    for name, precision in (("xplique", "float32"), ("xplique-bf16", "bfloat16")):
+        if name in chosen:
+            try:
+                contenders[name] = xplique_contender(args, extractor, precision)
+            except ImportError:
+                print("xplique is not installed (pip install -e .[benchmark]): left out")
     contenders = {name: seconds for name, seconds in contenders.items() if name in chosen}
 
     for seconds in contenders.values():  # warm up: tracing, compilation, first-call allocation untimed
@@ -162,7 +172,8 @@ def main() -> None:
 
     median = {name: statistics.median(r) for name, r in rates.items()}
     print(f"{args.filters} filters of vgg16 {args.layer} at {args.size}x{args.size}, {args.iters} iterations, "
-          f"{args.rounds} rounds, {os.cpu_count()} CPUs, xla={best.cfg.xla}")
+          f"{args.rounds} rounds, {os.cpu_count()} CPUs; the default here: xla={best.cfg.xla}, "
+          f"precision={best.cfg.precision.value}")
     for name, rate in median.items():
         spread = f"{min(rates[name]):.1f}..{max(rates[name]):.1f}"
         print(f"  {name:<12} {rate:7.2f} filter-iterations/s  (rounds {spread})")
@@ -177,6 +188,9 @@ def main() -> None:
     ratio("best-xla", "best-plain", f"XLA; > 1 where the default compiles (here xla={best.cfg.xla})")
     ratio("seed", "notebook", "target >= 3")
     ratio("bf16", "seed", "> 1 only where the hardware has bfloat16 units")
+    ratio("best-bf16", "best-plain", "bfloat16; > 1 only where the hardware has bfloat16 units")
+    ratio("best-bf16", "xplique-bf16", "both in bfloat16")
+    ratio("best-plain", "xplique", "both in float32")
     if "live" in median and "seed" in median:
         print(f"  live logging overhead = {100 * (1 - median['live'] / median['seed']):.1f} %  (target < 5 %)")
 

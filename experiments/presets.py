@@ -18,6 +18,7 @@ import argparse
 import os
 import tempfile
 from pathlib import Path
+from typing import Tuple
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -45,6 +46,23 @@ def run(preset: str, layer: str, iters: int, args, out: Path) -> job.JobResult:
     return job.run(cfg, out)
 
 
+def calibrated(preset: str, layer: str, args, tmp: Path) -> Tuple[job.JobResult, int]:
+    """The run with as many iterations as fit in the budget, and that number."""
+    # A job's seconds (no model loading) include tracing and judging, which the difference
+    # cancels; on a fast preset 20 iterations are lost in their noise (the seeds' got
+    # 40,000 iterations for a 5 s budget), so lengthen the long run until it stands out.
+    short = run(preset, layer, 5, args, tmp / "calibrate").figures["seconds"]
+    n = 25
+    while True:
+        long = run(preset, layer, n, args, tmp / "calibrate").figures["seconds"]
+        if long - short > max(1.0, 0.2 * short) or n >= 1600:
+            break
+        n *= 4
+    per_iter = max((long - short) / (n - 5), 1e-4)
+    iters = max(10, int((args.budget - short) / per_iter))
+    return run(preset, layer, iters, args, tmp / f"{preset}-{layer}"), iters
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--weights", default="imagenet")
@@ -53,6 +71,8 @@ def main() -> None:
     parser.add_argument("--filters", default="0:8")
     parser.add_argument("--size", type=int, default=96)
     parser.add_argument("--budget", type=float, default=40.0, help="seconds per preset and layer")
+    parser.add_argument("--iters", type=int, help="instead of a time budget: each preset's own iterations "
+                        "(e.g. 64, the default's): the same pictures a run makes, for recipes that differ in speed only")
     parser.add_argument("--out", type=Path, default=Path("presets.png"))
     args = parser.parse_args()
     register_configs()
@@ -62,19 +82,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for preset in presets:
             for layer in layers:
-                # A job's seconds (no model loading) include tracing and judging, which the difference
-                # cancels; on a fast preset 20 iterations are lost in their noise (the seeds' got
-                # 40,000 iterations for a 5 s budget), so lengthen the long run until it stands out.
-                short = run(preset, layer, 5, args, Path(tmp) / "calibrate").figures["seconds"]
-                n = 25
-                while True:
-                    long = run(preset, layer, n, args, Path(tmp) / "calibrate").figures["seconds"]
-                    if long - short > max(1.0, 0.2 * short) or n >= 1600:
-                        break
-                    n *= 4
-                per_iter = max((long - short) / (n - 5), 1e-4)
-                iters = max(10, int((args.budget - short) / per_iter))
-                result = run(preset, layer, iters, args, Path(tmp) / f"{preset}-{layer}")
+                if args.iters:
+                    result = run(preset, layer, args.iters, args, Path(tmp) / f"{preset}-{layer}")
+                    iters = args.iters
+                else:
+                    result, iters = calibrated(preset, layer, args, Path(tmp))
                 images = np.load(result.results_dir / "images.npy")
                 rows.append((preset, layer, images))
                 q = result.figures
@@ -116,7 +128,8 @@ def main() -> None:
             if image is not None:
                 ax.imshow(to_display(image))
         line[0].set_ylabel(f"{preset}\n{layer}", rotation=0, ha="right", va="center", fontsize=8)
-    fig.suptitle(f"filters {args.filters}, {args.budget:.0f} s per preset and layer, {args.size} px")
+    spent = f"{args.iters} iterations" if args.iters else f"{args.budget:.0f} s per preset and layer"
+    fig.suptitle(f"filters {args.filters}, {spent}, {args.size} px")
     fig.tight_layout()
     fig.savefig(args.out, dpi=80)
     print(f"figure: {args.out}")

@@ -14,7 +14,7 @@ from typing import Any, Dict, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from filterviz.core.hardware import xla_is_faster
+from filterviz.core.hardware import fastest_precision, xla_is_faster
 from filterviz.errors import ConfigError
 
 
@@ -94,6 +94,8 @@ def register_configs() -> None:
     cs.store(group="tracking", name="tracking_schema", node=TrackingConfig)
     # conf/config.yaml's `xla: ${xla_is_faster:}`: read from the CPU once per config, and logged resolved
     OmegaConf.register_new_resolver("xla_is_faster", xla_is_faster, replace=True, use_cache=True)
+    # and `precision: ${fastest_precision:${model.name}}`, likewise
+    OmegaConf.register_new_resolver("fastest_precision", fastest_precision, replace=True, use_cache=True)
 
 
 def check_ranges(cfg: DictConfig) -> None:

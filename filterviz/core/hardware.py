@@ -1,4 +1,4 @@
-"""What the machine can do: bfloat16 units, a faster step under XLA, and memory to spare.
+"""What the machine can do: bfloat16 units, a faster step under XLA or in bfloat16, and memory to spare.
 Read without TensorFlow where it can be, so that Hydra can ask before TensorFlow is imported."""
 
 import os
@@ -32,9 +32,24 @@ def xla_is_faster(flags: Optional[List[str]] = None, gpus: Optional[int] = None)
     (experiments/benchmark.py, README "Speed"): 1.3x on a CPU without AVX-512, where TensorFlow's
     oneDNN kernels are slower than XLA's code; 0.8x on one with AVX-512, where they are faster.
     Not measured on a GPU: there the plain graph, the path everyone else runs."""
-    gpus = len(list(Path("/proc/driver/nvidia/gpus").glob("*"))) if gpus is None else gpus
+    gpus = _nvidia_gpus() if gpus is None else gpus
     flags = cpu_flags() if flags is None else flags
     return gpus == 0 and bool(flags) and "avx512f" not in flags
+
+
+def fastest_precision(model: str = "vgg16", flags: Optional[List[str]] = None, gpus: Optional[int] = None) -> str:
+    """bfloat16 where it was measured faster with pictures as good (experiments/benchmark.py and
+    experiments/presets.py, README "Speed"): a CPU that computes in bfloat16 (AVX512-BF16 or
+    AMX-BF16), 1.9x on the 2-CPU EPYC with the same quality figures. float32 elsewhere: emulated
+    bfloat16 is several times slower; a GPU is unmeasured; a saved model (model=file) keeps its own."""
+    gpus = _nvidia_gpus() if gpus is None else gpus
+    flags = cpu_flags() if flags is None else flags
+    native = any(flag in flags for flag in ("avx512_bf16", "amx_bf16"))
+    return "bfloat16" if native and gpus == 0 and model != "file" else "float32"
+
+
+def _nvidia_gpus() -> int:
+    return len(list(Path("/proc/driver/nvidia/gpus").glob("*")))
 
 
 def available_memory() -> int:
