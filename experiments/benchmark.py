@@ -70,7 +70,11 @@ def xplique_contender(args, extractor: tf.keras.Model, precision: str = "float32
     for layer in extractor.layers:
         if layer.weights:
             sized.get_layer(layer.name).set_weights(layer.get_weights())
-    objective = Objective.channel(sized, args.layer, list(range(args.filters)))
+    layer = args.layer
+    if precision != "float32":  # xplique's objective multiplies float32 weights: hand it float32 activations
+        out = keras.layers.Activation("linear", dtype="float32", name="as_float32")(sized.get_layer(layer).output)
+        sized, layer = keras.Model(sized.input, out), "as_float32"
+    objective = Objective.channel(sized, layer, list(range(args.filters)))
 
     def seconds(n: int) -> float:
         start = time.perf_counter()
