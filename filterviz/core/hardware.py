@@ -5,6 +5,8 @@ import os
 from pathlib import Path
 from typing import List, Optional
 
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of CPUs that compute in bfloat16
+
 
 def cpu_flags() -> List[str]:
     try:
@@ -23,7 +25,7 @@ def bfloat16_units() -> Optional[str]:
         capability = tf.config.experimental.get_device_details(gpu).get("compute_capability", (0, 0))
         if capability >= (8, 0):
             return f"GPU {gpu.name} (compute capability {capability[0]}.{capability[1]})"
-    found = [flag for flag in ("avx512_bf16", "amx_bf16") if flag in cpu_flags()]
+    found = [flag for flag in BF16_FLAGS if flag in cpu_flags()]
     return f"CPU with {' and '.join(found)}" if found else None
 
 
@@ -40,11 +42,11 @@ def xla_is_faster(flags: Optional[List[str]] = None, gpus: Optional[int] = None)
 def fastest_precision(model: str = "vgg16", flags: Optional[List[str]] = None, gpus: Optional[int] = None) -> str:
     """bfloat16 where it was measured faster with pictures as good (experiments/benchmark.py and
     experiments/presets.py, README "Speed"): a CPU that computes in bfloat16 (AVX512-BF16 or
-    AMX-BF16), 1.9x on the 2-CPU EPYC with the same quality figures. float32 elsewhere: emulated
+    AMX-BF16), 1.7x on the 2-CPU EPYC with the same quality figures. float32 elsewhere: emulated
     bfloat16 is several times slower; a GPU is unmeasured; a saved model (model=file) keeps its own."""
     gpus = _nvidia_gpus() if gpus is None else gpus
     flags = cpu_flags() if flags is None else flags
-    native = any(flag in flags for flag in ("avx512_bf16", "amx_bf16"))
+    native = any(flag in flags for flag in BF16_FLAGS)
     return "bfloat16" if native and gpus == 0 and model != "file" else "float32"
 
 
