@@ -137,19 +137,21 @@ def test_tracking_off_writes_images_without_a_store(untracked):
 
 @needs_weights
 def test_the_job_runs_with_garbage_collection_on(tmp_path):
-    """The entry point turns collection off for its imports only (a faster start): a long job or
-    sweep that collected nothing would grow without bound."""
-    probe = ("import gc, sys\n"
-             "import filterviz.__main__ as app\n"
+    """The command turns collection off for its imports only (a faster start): a long job or
+    sweep that collected nothing would grow without bound. Importing filterviz leaves it alone."""
+    probe = ("import gc, runpy, sys\n"
              "from filterviz import job\n"
              "plain = job.run\n"
              "job.run = lambda *a, **k: (print('collecting:', gc.isenabled(), 'frozen:', gc.get_freeze_count() > 0), "
              "plain(*a, **k))[1]\n"
              f"sys.argv = ['filterviz', 'tracking=off', 'layer=block1_conv1', 'iters=1', 'model.weights={WEIGHTS}']\n"
-             "app.main()\n")
+             "runpy.run_module('filterviz', run_name='__main__')\n")  # as `python -m filterviz`
     proc = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "collecting: True frozen: True" in proc.stdout
+    imported = subprocess.run([sys.executable, "-c", "import gc, filterviz.atlas.__main__; print(gc.isenabled())"],
+                              capture_output=True, text=True, timeout=300)
+    assert imported.stdout.strip() == "True", imported.stderr
 
 
 def test_bfloat16_says_when_the_hardware_only_emulates_it(untracked):

@@ -5,9 +5,13 @@ Takes a run's keys (model, technique groups, iters, input_size, seed, ...) and `
 sweeper (hydra_plugins/filterviz_atlas), which plans the jobs; each job is an ordinary run.
 """
 
+import gc
 import sys
 
-from filterviz.__main__ import main
+if __name__ == "__main__":
+    gc.disable()  # during the imports, as filterviz/__main__.py does for a run; its task() turns it back on
+
+from filterviz.__main__ import main  # noqa: E402
 
 # xla=false: each XLA-compiled step keeps ~26 MiB for the life of the process (measured, small
 # model), and an atlas runs hundreds of jobs in one process; the user's own xla=true still wins.
