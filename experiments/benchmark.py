@@ -101,9 +101,11 @@ def main() -> None:
     best = plan_of(args)
     job.seed_everything(0, best.cfg.deterministic)  # as a run does
     f32 = "precision=float32"
-    plans = {"best": best, "best-xla": plan_of(args, "xla=true", f32), "best-plain": plan_of(args, "xla=false", f32),
-             "best-padded": plan_of(args, "xla=false", f32, "transforms.same_size=false"),
-             "best-bf16": plan_of(args, "xla=false", "precision=bfloat16")}
+    variants = {"best-xla": ["xla=true", f32], "best-plain": ["xla=false", f32],
+                "best-padded": ["xla=false", f32, "transforms.same_size=false"],
+                "best-bf16": ["xla=false", "precision=bfloat16"]}
+    plans = {"best": best, **{name: plan_of(args, *overrides) for name, overrides in variants.items()
+                              if name in chosen or name == "best-plain"}}  # only what is timed (and best-plain)
     extractor = plans["best-plain"].cut.extractor  # float32, for the seed recipe, bare and xplique
     filters = list(range(args.filters))
     work = len(filters) * args.iters  # filter-iterations per round

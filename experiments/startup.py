@@ -12,6 +12,7 @@ Target: a run on an existing store within `import tensorflow` + 2 s.
 """
 
 import argparse
+import gc
 import json
 import os
 import subprocess
@@ -44,7 +45,9 @@ def phases(report: Path, argv: List[str]) -> None:
         times[name] = times.get(name, 0.0) + now - clock
         clock = now
 
-    # The app's own import order: Hydra and the entry point, then TensorFlow, then the job's imports.
+    # The app's own import order: Hydra and the entry point, then TensorFlow, then the job's imports;
+    # without garbage collection, as `python -m filterviz` imports them (its task() turns it back on).
+    gc.disable()
     import filterviz.__main__ as app
     lap("import hydra + entry point")
     from filterviz.console import import_tensorflow_quietly

@@ -27,7 +27,7 @@ def test_the_default_precision_is_bfloat16_only_where_the_cpu_computes_in_it():
     assert make_cfg("precision=bfloat16").precision.value == "bfloat16"
     assert make_cfg("experiment=seed").precision.value == "float32", "the seed preset stays the notebooks' bits"
     assert make_cfg("model=file", "model.path=m.keras").precision.value == "float32", "a saved model keeps its own"
-    # 1.9x with the same quality figures on a CPU with AVX512-BF16; emulated elsewhere; no GPU measured
+    # 1.7x with the same quality figures on a CPU with AVX512-BF16; emulated elsewhere; no GPU measured
     assert fastest_precision("vgg16", ["avx2", "avx512f", "avx512_bf16"], gpus=0) == "bfloat16"
     assert fastest_precision("resnet50", ["avx2", "amx_bf16"], gpus=0) == "bfloat16"
     assert fastest_precision("vgg16", ["avx2", "avx512f"], gpus=0) == "float32"
