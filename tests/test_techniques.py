@@ -48,10 +48,11 @@ def test_image_seeds_are_stable_and_per_filter():
     assert len(set(image_seeds(0, "b", [3], copies=4))) == 4
 
 
+@pytest.mark.parametrize("start", ["random", "natural"])
 @pytest.mark.parametrize("squash", ["sigmoid", "clip"])
 @pytest.mark.parametrize("channels", [3, 1])
-def test_fourier_images_are_real_and_in_range(squash, channels):
-    param = Fourier(squash=squash, std=0.5)
+def test_fourier_images_are_real_and_in_range(squash, channels, start):
+    param = Fourier(squash=squash, std=0.5, start=start)
     params = param.init([1, 2], 33, channels)
     image = param.to_image(params)
     assert image.dtype == tf.float32 and image.shape == (2, 33, 33, channels)
@@ -153,6 +154,25 @@ def test_maco_changes_only_the_phase_the_picture_keeps_the_natural_spectrum(maco
     shipped[:, 0, 0] = 0  # the mean is the squash's: grey
     for image in magnitude:
         np.testing.assert_allclose(image / image.max(), shipped / shipped.max(), atol=1e-4)
+
+
+def test_a_natural_fourier_start_is_macos_picture_and_then_its_magnitude_is_free(block3):
+    seeds = image_seeds(0, "block3_conv1", [1, 2])
+    maco = Maco()
+    natural = Fourier(start="natural")
+    np.testing.assert_allclose(natural.to_image(natural.init(seeds, 48, 3)), maco.to_image(maco.init(seeds, 48, 3)),
+                               atol=1e-5)
+    recipe = Recipe(param=natural, optimizer=LUCID["optimizer"], preprocess=preprocessor("vgg16"))
+    result = visualize_filters(block3, [1, 2], iters=6, step_size=0.05, input_size=48, recipe=recipe, seed=0,
+                               layer="block3_conv1")
+    assert (result.losses[:, -1] > result.losses[:, 0]).all()
+    # Unlike MaCo's, the picture's magnitude spectrum moved away from the photographs'
+    x = np.log(result.images.astype(np.float64) / (1 - result.images)) @ np.linalg.inv(COLOR_CORRELATION).T
+    magnitude = np.abs(np.fft.rfft2(np.moveaxis(x, -1, 1)))
+    shipped = resample_spectrum(np.load(MACO_SPECTRUM), 48)
+    shipped[:, 0, 0] = 0
+    for image in magnitude:
+        assert np.abs(image / image.max() - shipped / shipped.max()).max() > 0.05
 
 
 def test_maco_keeps_an_attribution_map_and_other_params_none(maco, block3):

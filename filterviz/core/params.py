@@ -3,7 +3,8 @@ becomes an RGB image.
 
 pixel    the pixels themselves (the seeds': a flat 0.5 start, unbounded values)
 fourier  a spectrum scaled by 1/f^decay, inverse-FFT'd, colour-decorrelated and squashed
-         into [0, 1] by a sigmoid or clipping (Olah et al., Distill 2017)
+         into [0, 1] by a sigmoid or clipping (Olah et al., Distill 2017); it starts from a
+         random spectrum (lucid's) or from a natural photograph's, with a random phase
 maco     only the spectrum's phase; its magnitude is fixed to natural photographs' (Fel et
          al., NeurIPS 2023), and the ascent keeps an attribution map
 
@@ -15,6 +16,7 @@ attribute `wants_attribution = True` asks the ascent to accumulate |d objective 
 """
 
 from dataclasses import dataclass, replace
+from enum import Enum
 from pathlib import Path
 from typing import ClassVar, Sequence
 
@@ -56,25 +58,41 @@ class Pixel:
         return replace(self, noise=max(0.1, 2 * self.noise))
 
 
+class Start(str, Enum):
+    random = "random"  # a normal random spectrum of std `std` (lucid's)
+    natural = "natural"  # natural photographs' magnitude spectrum (MaCo's) with a random phase
+
+    def __repr__(self) -> str:
+        return repr(self.value)
+
+
 @dataclass
 class Fourier:
     decay: float = 1.0  # spectrum scaled by 1 / f^decay
     decorrelate: bool = True  # optimise in a decorrelated colour space
     squash: str = "sigmoid"  # sigmoid | clip
-    std: float = 0.01  # of the random initial spectrum
+    start: Start = Start.random
+    std: float = 0.01  # of the random initial spectrum (start=random)
 
     def init(self, seeds: Sequence[int], size: int, channels: int) -> tf.Tensor:
         self.size, self.channels = size, channels
         fy = np.fft.fftfreq(size)[:, None]
         fx = np.fft.rfftfreq(size)[None, :]
         freqs = np.sqrt(fx * fx + fy * fy)
-        self._scale = tf.constant(size / np.maximum(freqs, 1.0 / size) ** self.decay, tf.complex64)
+        scale = size / np.maximum(freqs, 1.0 / size) ** self.decay
+        self._scale = tf.constant(scale, tf.complex64)
+        if self.start == Start.natural:
+            # the parameters whose picture is MaCo's start: to_image multiplies by the scale and divides by 4
+            magnitude = (natural_magnitude(size, channels, "param.start=natural") * 4.0 / scale).astype(np.float32)
+            phase = _hermitian_edges(random_phase(seeds, size, channels), lambda a, mirror: (a - mirror) / 2)
+            return tf.stack([magnitude * tf.cos(phase), magnitude * tf.sin(phase)], axis=1)
         # real and imaginary parts of (channels, size, size//2+1) per image
         return per_image_normal(seeds, (2, channels, size, size // 2 + 1), self.std)
 
     def livelier(self) -> "Fourier":
-        """A stronger random spectrum, for filters a near-grey image gives nothing to climb."""
-        return replace(self, std=max(0.5, 2 * self.std))
+        """A stronger random spectrum, for filters a near-grey image gives nothing to climb; from a
+        natural start, another one (a retry's phase comes from its own seeds)."""
+        return replace(self) if self.start == Start.natural else replace(self, std=max(0.5, 2 * self.std))
 
     def to_image(self, params: tf.Tensor) -> tf.Tensor:
         spectrum = tf.complex(params[:, 0], params[:, 1]) * self._scale
@@ -99,21 +117,9 @@ class Maco:
     wants_attribution: ClassVar[bool] = True
 
     def init(self, seeds: Sequence[int], size: int, channels: int) -> tf.Tensor:
-        if channels not in (1, 3):
-            raise ConfigError(f"param=maco: the natural-image spectrum is for 1 or 3 channels; this model takes "
-                              f"{channels}")
         self.size, self.channels = size, channels
-        magnitude = resample_spectrum(np.load(MACO_SPECTRUM), size)[:channels]  # decorrelated channel 0: luminance
-        magnitude[:, 0, 0] = 0.0  # mean 0: the sigmoid centres the picture on grey
-        magnitude = _hermitian_edges(magnitude, lambda a, mirror: (a + mirror) / 2)
-        # Parseval: with the magnitude fixed the picture's energy is too, whatever the phase, so
-        # one constant gives it unit standard deviation; no per-step normalisation is needed.
-        weight = np.full(magnitude.shape[-1], 2.0)
-        weight[0] = weight[-1 if size % 2 == 0 else 0] = 1.0  # columns stored once in rfft layout
-        energy = (magnitude**2 * weight).sum() / (channels * size**4)
-        self.magnitude = tf.constant(magnitude / np.sqrt(energy), tf.float32)
-        return tf.stack([tf.random.stateless_uniform((channels, size, size // 2 + 1), seed=[int(s), 0],
-                                                     minval=-np.pi, maxval=np.pi) for s in seeds])
+        self.magnitude = tf.constant(natural_magnitude(size, channels, "param=maco"), tf.float32)
+        return random_phase(seeds, size, channels)
 
     def livelier(self) -> "Maco":
         """The same: a MaCo start is never flat, and a retry draws its new phase from its own stream."""
@@ -126,6 +132,29 @@ class Maco:
         if self.channels == 3:
             image = tf.einsum("nhwc,dc->nhwd", image, tf.constant(COLOR_CORRELATION))
         return tf.sigmoid(image)
+
+
+def natural_magnitude(size: int, channels: int, setting: str) -> np.ndarray:
+    """The natural-image magnitude spectrum (MACO_SPECTRUM) at `size`, (channels, size, size//2+1) in
+    rfft2 layout, with mean 0 (a sigmoid then centres the picture on grey) and scaled so that a
+    picture with it has unit standard deviation, whatever its phase."""
+    if channels not in (1, 3):
+        raise ConfigError(f"{setting}: the natural-image spectrum is for 1 or 3 channels; this model takes {channels}")
+    magnitude = resample_spectrum(np.load(MACO_SPECTRUM), size)[:channels]  # decorrelated channel 0: luminance
+    magnitude[:, 0, 0] = 0.0
+    magnitude = _hermitian_edges(magnitude, lambda a, mirror: (a + mirror) / 2)
+    # Parseval: with the magnitude fixed the picture's energy is too, whatever the phase, so one
+    # constant gives it unit standard deviation.
+    weight = np.full(magnitude.shape[-1], 2.0)
+    weight[0] = weight[-1 if size % 2 == 0 else 0] = 1.0  # columns stored once in rfft layout
+    energy = (magnitude**2 * weight).sum() / (channels * size**4)
+    return (magnitude / np.sqrt(energy)).astype(np.float32)
+
+
+def random_phase(seeds: Sequence[int], size: int, channels: int) -> tf.Tensor:
+    """(n, channels, size, size//2+1): one uniform phase per image, from its own seed."""
+    return tf.stack([tf.random.stateless_uniform((channels, size, size // 2 + 1), seed=[int(s), 0],
+                                                 minval=-np.pi, maxval=np.pi) for s in seeds])
 
 
 def _hermitian_edges(a, combine):
