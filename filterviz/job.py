@@ -143,11 +143,11 @@ def prepare(cfg: DictConfig) -> Plan:
 
 
 def revive_dead(plan: Plan, result: AscentResult, on_step: StepCallback) -> AscentResult:
-    """Retry dead filters `retry_dead` times from livelier starts, saying so."""
+    """Retry dead filters `retry_dead` times from new random starts, saying so."""
     dead = result.dead_filters()
     if not plan.cfg.retry_dead or not dead:
         return result
-    print(f"filter(s) {', '.join(map(str, dead))} never fired: retrying from a livelier random start "
+    print(f"filter(s) {', '.join(map(str, dead))} never fired: retrying from new random starts "
           f"(retry_dead={plan.cfg.retry_dead})")
     return retry_dead(plan.cut.extractor, result, plan.cfg.retry_dead, recipe=plan.recipe, on_step=on_step,
                       **plan.schedule())

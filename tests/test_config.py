@@ -114,12 +114,14 @@ def test_each_technique_option_builds_the_class_it_names(group, option, cls):
 
 
 def test_the_lucid_presets_start_on_another_param_is_one_line():
-    """lucid's std=0.01 start comes with the preset; a param without that setting says so."""
+    """lucid's random std=0.01 start comes with the preset (the default starts from a natural
+    spectrum); a param without that setting says so."""
     from filterviz import groups
     from filterviz.errors import ConfigError
 
-    assert make_cfg("experiment=lucid").param.std == 0.01 and make_cfg().param.std == 0.1
-    with pytest.raises(ConfigError, match="^param.std: Maco has no such setting; it takes no settings$"):
+    lucid, default = make_cfg("experiment=lucid").param, make_cfg().param
+    assert (lucid.start, lucid.std, default.start) == ("random", 0.01, "natural")
+    with pytest.raises(ConfigError, match="^param.start: Maco has no such setting; it takes no settings$"):
         groups.build(make_cfg("experiment=lucid", "param=maco"), "param")
 
 
@@ -128,7 +130,9 @@ def test_the_lucid_presets_start_on_another_param_is_one_line():
     ("transforms.scale=[a,b]", "transforms.scale[0]: Value 'a' of type 'str' could not be converted to Float"),
     ("objective.copies=0", "objective.copies=0: at least 1 image per filter"),
     ("optimizer.beta_1=high", "optimizer.beta_1='high': expected a float (default 0.9)"),
-    ("+param.nonsense=1", "param.nonsense: Fourier has no such setting; it takes decay, decorrelate, squash, std"),
+    ("param.start=sideways", "param.start: Invalid value 'sideways', expected one of [random, natural]"),
+    ("+param.nonsense=1", "param.nonsense: Fourier has no such setting; it takes decay, decorrelate, squash, start, "
+                          "std"),
 ])
 def test_a_wrong_technique_value_is_one_line_naming_the_key(override, says):
     from filterviz import groups
