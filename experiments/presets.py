@@ -7,8 +7,10 @@ same time budget. Same 8 filters, same seed. Prints a table of the quality figur
 preset and layer.
 
 Two verdicts, because the first is graded by what was optimised: the score (robustness x
-(1 - HF fraction)) and specificity (is the picture one of *its* filter rather than of the
-layer at large). The default must win or tie on both.
+(1 - HF fraction), per picture) and specificity (is the picture one of *its* filter rather
+than of the layer at large). The default must win or tie on both. Every preset draws the same
+filters, so each measure is compared picture by picture: the default ties a rival when the 95 %
+bootstrap interval of the mean paired difference holds 0, and loses when it lies below.
 
     python experiments/presets.py --weights ../shared/weights/vgg16_imagenet_notop.weights.h5 \\
         --budget 40 --out docs/presets.png
@@ -18,7 +20,7 @@ import argparse
 import os
 import tempfile
 from pathlib import Path
-from typing import Tuple
+from typing import Dict, Tuple
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -35,6 +37,34 @@ from filterviz.recording.images import to_display  # noqa: E402
 
 PRESETS = ["seed", "keras_example", "lucid", "best", "maco"]
 LAYERS = ["block1_conv2", "block3_conv1", "block5_conv1"]
+DEFAULT = "best"
+
+
+def per_picture(figures: Dict[str, float]) -> Dict[str, Dict[str, float]]:
+    """A job's per-image figures by measure, live filters only: {"specificity": {"block3_conv1/f0003": 0.61, ...},
+    "score": ...}."""
+    found: Dict[str, Dict[str, float]] = {}
+    for key, value in figures.items():
+        figure, _, picture = key.partition("/")
+        if picture.count("/") == 1:  # "<figure>/<layer>/<image>"; run-level ones are "quality/<figure>"
+            found.setdefault(figure, {})[picture] = value
+    # As a run's own figures: over the pictures whose filter fired (a dead one is counted apart)
+    live = {k for k, value in found["final_activation"].items() if value > 0}
+    found = {figure: {k: v for k, v in values.items() if k in live} for figure, values in found.items()}
+    found["score"] = {k: r * (1 - found["hf_fraction"][k]) for k, r in found["robustness"].items()}
+    return found
+
+
+def paired_verdict(mine: Dict[str, float], theirs: Dict[str, float], draws: int = 5000) -> Tuple[str, float, float]:
+    """"wins", "ties" or "loses": the 95 % bootstrap interval of the mean of mine - theirs over the
+    pictures both have (both filters live), above, around or below 0."""
+    diff = np.array([mine[k] - theirs[k] for k in sorted(mine.keys() & theirs.keys())])
+    diff = diff[np.isfinite(diff)]
+    if diff.size == 0:
+        return "ties", float("nan"), float("nan")
+    means = np.random.default_rng(0).choice(diff, (draws, diff.size)).mean(axis=1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return ("wins" if low > 0 else "loses" if high < 0 else "ties"), float(low), float(high)
 
 
 def run(preset: str, layer: str, iters: int, args, out: Path) -> job.JobResult:
@@ -78,7 +108,7 @@ def main() -> None:
     register_configs()
     presets, layers = args.presets.split(","), args.layers.split(",")
 
-    rows, table = [], []
+    rows, table, pictures = [], [], {}
     with tempfile.TemporaryDirectory() as tmp:
         for preset in presets:
             for layer in layers:
@@ -90,6 +120,8 @@ def main() -> None:
                 images = np.load(result.results_dir / "images.npy")
                 rows.append((preset, layer, images))
                 q = result.figures
+                for figure, values in per_picture(q).items():
+                    pictures.setdefault(preset, {}).setdefault(figure, {}).update(values)
                 table.append((preset, layer, iters, q["seconds"], q["quality/final_activation"],
                               q["quality/robustness"], q["quality/hf_fraction"], q["quality/specificity"],
                               int(q["quality/dead_filters"])))
@@ -101,23 +133,30 @@ def main() -> None:
         print(f"| {preset} | {layer} | {iters} | {secs:.1f} | {act:.1f} | {rob:.2f} | {hf:.3f} | {spec:.3f} | {dead} |")
     # Activations are not comparable between raw and preprocessed inputs, so the score is
     # robustness x (1 - HF fraction): survives small shifts, and is not pixel noise.
-    print("\nMeans over layers; score = robustness x (1 - HF fraction); higher is better for score and specificity:\n")
+    print("\nMeans over pictures; score = robustness x (1 - HF fraction) per picture; higher is better for score "
+          "and specificity:\n")
     print("| preset | robustness | HF fraction | dead filters | score | specificity |")
     print("| --- | --- | --- | --- | --- | --- |")
-    verdicts = {"score": {}, "specificity": {}}
     for preset in presets:
-        mine = [t for t in table if t[0] == preset]
-        robustness, hf = np.nanmean([t[5] for t in mine]), np.mean([t[6] for t in mine])
-        verdicts["score"][preset] = round(robustness * (1 - hf), 3)  # as printed: equal there is a tie
-        verdicts["specificity"][preset] = round(float(np.nanmean([t[7] for t in mine])), 3)
-        print(f"| {preset} | {robustness:.2f} | {hf:.3f} | {sum(t[8] for t in mine)} | "
-              f"{verdicts['score'][preset]:.3f} | {verdicts['specificity'][preset]:.3f} |")
-    print()
-    for name, values in verdicts.items():
-        top = max(values.values())
-        winners = [p for p, v in values.items() if v == top]
-        print(f"winner on {name}: {', '.join(winners)}"
-              + ("" if "best" not in values else f" (default best {'wins or ties' if 'best' in winners else 'loses'})"))
+        mine = pictures[preset]
+        dead = sum(t[8] for t in table if t[0] == preset)
+        print(f"| {preset} | {np.nanmean(list(mine['robustness'].values())):.2f} | "
+              f"{np.mean(list(mine['hf_fraction'].values())):.3f} | {dead} | "
+              f"{np.nanmean(list(mine['score'].values())):.3f} | {np.nanmean(list(mine['specificity'].values())):.3f} |")
+    if DEFAULT in pictures and len(presets) > 1:
+        print(f"\n{DEFAULT} against each preset, picture by picture (mean difference, 95 % bootstrap interval):\n")
+        print("| preset | score | specificity |")
+        print("| --- | --- | --- |")
+        lost = set()
+        for preset in (p for p in presets if p != DEFAULT):
+            cells = []
+            for figure in ("score", "specificity"):
+                verdict, low, high = paired_verdict(pictures[DEFAULT][figure], pictures[preset][figure])
+                cells.append(f"{verdict} [{low:+.3f}, {high:+.3f}]")
+                if verdict == "loses":
+                    lost.add(figure)
+            print(f"| {preset} | {' | '.join(cells)} |")
+        print(f"\n{DEFAULT}: " + ("wins or ties on both" if not lost else f"loses on {' and '.join(sorted(lost))}"))
 
     cols = max(len(r[2]) for r in rows)
     fig, axes = plt.subplots(len(rows), cols, figsize=(cols * 1.1, len(rows) * 1.15))
