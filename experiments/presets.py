@@ -33,6 +33,7 @@ from hydra import compose, initialize_config_module  # noqa: E402
 
 from filterviz import job  # noqa: E402
 from filterviz.config import register_configs  # noqa: E402
+from filterviz.core.ascent import never_fired  # noqa: E402
 from filterviz.recording.images import to_display  # noqa: E402
 
 PRESETS = ["seed", "keras_example", "lucid", "best", "maco"]
@@ -40,16 +41,16 @@ LAYERS = ["block1_conv2", "block3_conv1", "block5_conv1"]
 DEFAULT = "best"
 
 
-def per_picture(figures: Dict[str, float]) -> Dict[str, Dict[str, float]]:
+def per_picture(figures: Dict[str, float], dead: np.ndarray) -> Dict[str, Dict[str, float]]:
     """A job's per-image figures by measure, live filters only: {"specificity": {"block3_conv1/f0003": 0.61, ...},
-    "score": ...}."""
+    "score": ...}. `dead`: per image, in the job's order (ascent.never_fired of its activations.npy)."""
     found: Dict[str, Dict[str, float]] = {}
     for key, value in figures.items():
         figure, _, picture = key.partition("/")
         if picture.count("/") == 1:  # "<figure>/<layer>/<image>"; run-level ones are "quality/<figure>"
             found.setdefault(figure, {})[picture] = value
     # As a run's own figures: over the pictures whose filter fired (a dead one is counted apart)
-    live = {k for k, value in found["final_activation"].items() if value > 0}
+    live = {k for k, d in zip(found["final_activation"], dead) if not d}
     found = {figure: {k: v for k, v in values.items() if k in live} for figure, values in found.items()}
     found["score"] = {k: r * (1 - found["hf_fraction"][k]) for k, r in found["robustness"].items()}
     return found
@@ -120,7 +121,8 @@ def main() -> None:
                 images = np.load(result.results_dir / "images.npy")
                 rows.append((preset, layer, images))
                 q = result.figures
-                for figure, values in per_picture(q).items():
+                dead = never_fired(np.load(result.results_dir / "activations.npy"))
+                for figure, values in per_picture(q, dead).items():
                     pictures.setdefault(preset, {}).setdefault(figure, {}).update(values)
                 table.append((preset, layer, iters, q["seconds"], q["quality/final_activation"],
                               q["quality/robustness"], q["quality/hf_fraction"], q["quality/specificity"],

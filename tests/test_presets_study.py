@@ -24,6 +24,6 @@ def test_a_dead_filter_is_no_picture_and_the_score_is_per_picture():
                "robustness/block1_conv2/f0000": 0.8, "robustness/block1_conv2/f0001": float("nan"),
                "hf_fraction/block1_conv2/f0000": 0.25, "hf_fraction/block1_conv2/f0001": 0.0,
                "specificity/block1_conv2/f0000": 0.6, "specificity/block1_conv2/f0001": 0.0}
-    found = per_picture(figures)
+    found = per_picture(figures, dead=np.array([False, True]))
     assert found["specificity"] == {"block1_conv2/f0000": 0.6}
     assert found["score"] == {"block1_conv2/f0000": 0.8 * 0.75}

@@ -53,6 +53,13 @@ class Recipe:
     preprocess: Optional[Preprocess] = None  # [0, 1] RGB -> the model's input, inside the graph
 
 
+def never_fired(activations: np.ndarray) -> np.ndarray:
+    """The one rule for a dead filter, per image of (images, iterations) activations (a run's
+    activations.npy): its activation never rose above zero during the ascent, so the layer gave
+    the image no gradient to climb."""
+    return ~(np.nan_to_num(activations, nan=0.0) > 0).any(axis=1)
+
+
 @dataclass
 class AscentResult:
     ids: List[ImageId]  # each image's filter and copy; copies of a filter are consecutive
@@ -73,9 +80,7 @@ class AscentResult:
         return 1 + max((i.copy for i in self.ids), default=0)
 
     def dead(self) -> np.ndarray:
-        """The one rule for a dead filter, per image: its activation never rose above zero during the
-        ascent, so the layer gave the image no gradient to climb."""
-        return ~(np.nan_to_num(self.activations, nan=0.0) > 0).any(axis=1)
+        return never_fired(self.activations)
 
     def dead_filters(self) -> List[int]:
         return sorted({i.filter for i, d in zip(self.ids, self.dead()) if d})
