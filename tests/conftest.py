@@ -27,6 +27,21 @@ def vgg16():
     return load_model("vgg16", str(WEIGHTS))
 
 
+IN_CI = os.environ.get("CI") == "true"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """In CI a skip is a failure: a missing service, browser or weights file must not pass as
+    green skips (.ci/run also stops before the tests when one is missing)."""
+    outcome = yield
+    report = outcome.get_result()
+    if IN_CI and report.skipped and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"skipped in CI (CI=true), which counts as a failure: {reason}"
+
+
 def make_cfg(*overrides: str):
     """The config that `python -m filterviz <overrides>` runs with, composed in this process."""
     from hydra import compose, initialize_config_module
