@@ -53,11 +53,11 @@ def make_cfg(*overrides: str):
         return compose("config", overrides=list(overrides))
 
 
-def run_cli(*overrides: str, cwd: Path, env=None) -> subprocess.CompletedProcess:
-    """`python -m filterviz ...` in a subprocess, as a user runs it."""
+def run_cli(*overrides: str, cwd: Path, env=None, timeout: float = 280) -> subprocess.CompletedProcess:
+    """`python -m filterviz ...` in a subprocess, as a user runs it (within pytest's per-test bound)."""
     return subprocess.run(
         [sys.executable, "-m", "filterviz", *overrides],
-        cwd=cwd, capture_output=True, text=True, timeout=600,
+        cwd=cwd, capture_output=True, text=True, timeout=timeout,
         env={**os.environ, "HYDRA_FULL_ERROR": "0", **(env or {})},
     )
 

@@ -158,9 +158,11 @@ def test_a_setting_that_changes_pictures_makes_another_atlas():
 ATLAS_JOB = [a for a in ATLAS if "=" in a and not a.startswith(("hydra", "+"))]
 
 
-def test_in_process_jobs_leave_no_memory_behind(small_model, tmp_path):
+def test_in_process_jobs_leave_no_traced_step_behind(small_model, tmp_path):
     """An in-process atlas runs hundreds of jobs in one process: each job's traced step must go
-    when the job does (Keras' apply_gradients kept every one alive, ~10 MiB per VGG16 job)."""
+    when the job does (Keras' apply_gradients kept every one alive, ~10 MiB per VGG16 job). The
+    traced graphs are counted, not the resident memory: this small model's step is a fraction of a
+    MiB, which the allocator's own noise over a few jobs would hide."""
     import gc
 
     from tensorflow.python.framework.func_graph import FuncGraph
@@ -174,15 +176,11 @@ def test_in_process_jobs_leave_no_memory_behind(small_model, tmp_path):
                 tmp_path / str(k))
         gc.collect()
 
-    def state() -> tuple:
-        graphs = sum(isinstance(o, FuncGraph) for o in gc.get_objects())
-        return graphs, int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    def graphs() -> int:
+        return sum(isinstance(o, FuncGraph) for o in gc.get_objects())
 
-    for k in range(2):  # TensorFlow's and the allocator's one-time growth
+    one_job(0)  # TensorFlow's one-time graphs
+    before = graphs()
+    for k in range(1, 4):
         one_job(k)
-    graphs, rss = state()
-    for k in range(2, 6):
-        one_job(k)
-    graphs_after, rss_after = state()
-    assert graphs_after <= graphs, f"{graphs_after - graphs} traced graphs outlived their jobs"
-    assert rss_after - rss < 16, f"resident memory grew {rss_after - rss:.0f} MiB over 4 jobs"
+    assert graphs() <= before, f"{graphs() - before} traced graphs outlived their jobs"

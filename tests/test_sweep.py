@@ -1,6 +1,8 @@
 """Sweeps, comparison and reproduction, as users run them, against temp stores."""
 
 import math
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -140,16 +142,22 @@ def test_reproduce_rebuilds_the_run_from_its_full_record_not_todays_defaults(mac
     and the attribution map the ascent adds up, come back bit for bit too."""
     cwd, client, original = maco_run
 
-    defaults = ROOT / "conf" / "config.yaml"
-    saved = defaults.read_bytes()
-    changed = saved.replace(b"\ninput_size: 96\n", b"\ninput_size: 40\n").replace(b"\nseed: 0\n", b"\nseed: 3\n")
-    assert changed != saved
-    defaults.write_bytes(changed)
-    try:
-        proc = subprocess.run([sys.executable, "-m", "filterviz.reproduce", original.info.run_id],
-                              cwd=cwd, capture_output=True, text=True)
-    finally:
-        defaults.write_bytes(saved)
+    # Today's defaults changed, in a copy of the package (the checkout's own conf/ is not ours to
+    # edit): the copy comes first on PYTHONPATH, ahead of the installed package.
+    changed = tmp_path / "changed"
+    shutil.copytree(ROOT / "filterviz", changed / "filterviz", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / "conf", changed / "filterviz" / "conf")
+    shutil.copytree(ROOT / "experiments", changed / "filterviz" / "experiments")
+    defaults = changed / "filterviz" / "conf" / "config.yaml"
+    saved = defaults.read_text()
+    defaults.write_text(saved.replace("\ninput_size: 96\n", "\ninput_size: 40\n").replace("\nseed: 0\n", "\nseed: 3\n"))
+    assert defaults.read_text().count("40") > saved.count("40")
+    env = {**os.environ, "PYTHONPATH": str(changed)}
+    today = subprocess.run([sys.executable, "-m", "filterviz", "--cfg", "job"], cwd=cwd, capture_output=True,
+                           text=True, env=env)
+    assert "\ninput_size: 40\n" in today.stdout and "\nseed: 3\n" in today.stdout, today.stderr
+    proc = subprocess.run([sys.executable, "-m", "filterviz.reproduce", original.info.run_id],
+                          cwd=cwd, capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stderr
     assert f"reproduces {original.info.run_id} bit for bit" in proc.stdout
     [again] = client.search_runs([original.info.experiment_id], f"tags.reproduces = '{original.info.run_id}'")

@@ -51,7 +51,9 @@ def server_process(tmp_path):
     proc = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", POSTGRES,
          "--artifacts-destination", str(tmp_path / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+         "--workers", "1"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        # no job-execution workers (MLflow's huey consumer): filterviz runs none, and they slow the start
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
     base = f"http://127.0.0.1:{port}"
     try:
         for _ in range(120):
