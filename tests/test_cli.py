@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import WEIGHTS, make_cfg, needs_weights, run_cli
+from conftest import ROOT, WEIGHTS, make_cfg, needs_weights, run_cli
 
 pytestmark = needs_weights
 ITERS = 12
@@ -48,6 +48,11 @@ def test_run_finishes_with_an_activation_series_per_charted_filter_and_the_means
     for figure in ("final_activation", "robustness", "hf_fraction", "specificity"):
         assert {k for k in run.data.metrics if k.startswith(f"{figure}/")} == {f"{figure}/{n}" for n in charted}
     assert 0 <= run.data.metrics["quality/specificity"] <= 1
+    # the run's own figures: its time and pace, and the quality summary over its filters
+    metrics = run.data.metrics
+    assert metrics["seconds"] > 0
+    assert metrics["filter_iters_per_second"] == pytest.approx(len(FILTERS) * ITERS / metrics["seconds"], rel=1e-6)
+    assert metrics["quality/dead_filters"] == 0  # these three fire (the table's "dead" column, below)
     assert not [k for k in run.data.metrics if k.endswith("f0003")]  # past filter_series: the table only
     mean = sorted(client.get_metric_history(run.info.run_id, "activation/mean"), key=lambda m: m.step)
     assert mean[-1].value > mean[0].value
@@ -61,6 +66,10 @@ def test_every_filters_figures_are_in_one_table(recorded, tmp_path):
     assert rows[0]["robustness"] == pytest.approx(run.data.metrics["robustness/block2_conv1/f0001"])
     assert rows[1]["specificity"] == pytest.approx(run.data.metrics["specificity/block2_conv1/f0002"])
     assert rows[2]["picture"] == "pictures/filter_0003.png" and rows[2]["final_activation"] > 0
+    # the run's quality figures are the means over its (live) filters' rows
+    assert not any(r["dead"] for r in rows)
+    for figure in ("final_activation", "robustness", "hf_fraction", "specificity"):
+        assert run.data.metrics[f"quality/{figure}"] == pytest.approx(np.mean([r[figure] for r in rows]), rel=1e-5)
 
 
 def test_params_are_the_picture_settings_and_tags_say_what_made_the_run(recorded):
@@ -72,8 +81,12 @@ def test_params_are_the_picture_settings_and_tags_say_what_made_the_run(recorded
     plumbing = [k for k, v in params.items() if k.startswith(("tracking", "hydra")) or v == "None"
                 or k in ("model.default_layer", "optimized_metric") or k.endswith(("_target_", "_partial_"))]
     assert plumbing == []
-    for key in ["git.commit", "git.dirty", "versions.tensorflow", "versions.keras", "versions.mlflow"]:
+    for key in ["git.dirty", "versions.tensorflow", "versions.keras", "versions.mlflow"]:
         assert tags[key]
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert tags["git.commit"] == tags["mlflow.source.git.commit"] == head.stdout.strip()
+    import keras
+    assert tags["versions.keras"] == keras.__version__
     assert tags["command"].startswith("python -m filterviz layer=block2_conv1")
     assert tags["filterviz.filters"] == "1,2,3"
     assert run.info.run_name == ("vgg16 block2_conv1 f1-3 · input_size=48 iters=12 "
@@ -92,6 +105,13 @@ def test_every_artifact_is_in_the_store(recorded, tmp_path):
     images = np.load(f"{local}/images.npy")
     assert images.shape == (3, 48, 48, 3) and not np.allclose(images, 0.5)
     assert np.load(f"{local}/losses.npy").shape == (3, ITERS)
+    # each filter's activation per iteration is the curve the run charted; the final one is measured on the picture
+    activations, final = np.load(f"{local}/activations.npy"), np.load(f"{local}/final_activations.npy")
+    assert activations.shape == (3, ITERS) and final.shape == (3,)
+    charted = sorted(client.get_metric_history(run.info.run_id, "activation/block2_conv1/f0001"), key=lambda m: m.step)
+    np.testing.assert_allclose([m.value for m in charted], activations[0], rtol=1e-6)
+    np.testing.assert_allclose(final[:CHARTED], [run.data.metrics[f"final_activation/block2_conv1/f{f:04d}"]
+                                                 for f in FILTERS[:CHARTED]], rtol=1e-6)
 
 
 def test_a_maco_run_records_its_attribution_maps(maco_run, tmp_path):
@@ -286,3 +306,33 @@ def read_only(*paths):
     finally:
         for p, mode in zip(paths, modes):
             p.chmod(mode)
+
+
+def test_a_filter_that_cannot_fire_is_retried_in_a_real_run_and_counted_dead(tmp_path):
+    """The default retry_dead=2 on a filter that provably never fires: its kernel is negative
+    everywhere and every picture is positive, so its ReLU output is 0 for any picture. Filter 0's
+    kernel is positive: it fires on any picture."""
+    import keras
+
+    inputs = keras.Input((None, None, 3))
+    conv = keras.layers.Conv2D(2, 3, activation="relu", name="conv")
+    model = keras.Model(inputs, conv(inputs), name="one_dead")
+    conv.set_weights([np.stack([np.full((3, 3, 3), 0.1), np.full((3, 3, 3), -0.1)], axis=-1), np.array([0.0, -1.0])])
+    model.save(tmp_path / "one_dead.keras")
+
+    iters = 8
+    proc = run_cli("model=file", f"model.path={tmp_path / 'one_dead.keras'}", "model.weights=null", "layer=conv",
+                   "filters=0:2", f"iters={iters}", "input_size=16", "hydra.run.dir=out", cwd=tmp_path,
+                   env={"MLFLOW_TRACKING_URI": ""})
+    assert proc.returncode == 0, proc.stderr
+    assert "filter(s) 1 never fired: retrying from new random starts (retry_dead=2)" in proc.stdout
+    assert "dead filter(s), never fired: 1" in proc.stdout
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    [run] = client.search_runs([client.get_experiment_by_name("filterviz").experiment_id])
+    assert run.data.metrics["quality/dead_filters"] == 1
+    # the retries' steps continue the first attempt's: 3 attempts of `iters` steps, each step once
+    dead = client.get_metric_history(run.info.run_id, "activation/conv/f0001")
+    assert sorted(m.step for m in dead) == list(range(3 * iters)) and {m.value for m in dead} == {0.0}
+    live = client.get_metric_history(run.info.run_id, "activation/conv/f0000")
+    assert sorted(m.step for m in live) == list(range(iters)) and min(m.value for m in live) > 0

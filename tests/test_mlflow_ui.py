@@ -22,7 +22,6 @@ from mlflow_ui import (
     images_loaded,
     mlflow_ui,
     require_chromium,
-    run_metrics_url,
     set_step,
     unexpected_errors,
     wait_until,
@@ -45,7 +44,9 @@ def store(tmp_path_factory):
     experiment = client.get_experiment_by_name("filterviz")
     runs = {r.info.run_name: r.info.run_id for r in client.search_runs([experiment.experiment_id])
             if r.data.tags.get("filterviz.sweep") != "parent"}
-    return {"uri": uri, "experiment_id": experiment.experiment_id, "runs": runs}
+    # each job's console says where its run is: "then open <the run's page in the UI>"
+    opened = [line.split("then open ", 1)[1].strip() for line in proc.stdout.splitlines() if "then open " in line]
+    return {"uri": uri, "experiment_id": experiment.experiment_id, "runs": runs, "printed_urls": opened}
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +90,10 @@ def test_a_run_shows_each_filters_ascent_with_a_step_slider(ui, store, ui_page, 
 
     page = ui_page
     run_id = store["runs"]["step_size=0.1"]
-    page.goto(run_metrics_url(ui, store["experiment_id"], run_id))
+    # the address the run printed, on the port this test's `mlflow ui` took (the printed command's is 5000)
+    [printed] = [url for url in store["printed_urls"] if f"/runs/{run_id}/" in url]
+    page.goto(printed.replace("http://127.0.0.1:5000", ui, 1))
+    expect(page).to_have_url(re.compile(rf"/runs/{run_id}/model-metrics"))  # the run's own page, not a redirect
     page.get_by_placeholder("Search metric charts").fill("f0001")  # as a user finds one filter's card
     card = chart_card(page, "block2_conv1/f0001")
     slider = card.get_by_role("slider")
