@@ -62,16 +62,29 @@ def run_cli(*overrides: str, cwd: Path, env=None, timeout: float = 280) -> subpr
     )
 
 
+def _not_the_hardware_defaults() -> list:
+    """precision and xla set the other way from what this machine would choose: a reproduction
+    that did not replay the recorded values would get today's."""
+    from filterviz.core.hardware import fastest_precision, xla_is_faster
+
+    return [f"precision={'float32' if fastest_precision('vgg16') == 'bfloat16' else 'bfloat16'}",
+            f"xla={str(not xla_is_faster()).lower()}"]
+
+
+NOT_THE_HARDWARE_DEFAULTS = _not_the_hardware_defaults()
+
+
 @pytest.fixture(scope="session")
 def maco_run(tmp_path_factory):
-    """One `param=maco` run through the CLI into a fresh store: what it records, and a run to reproduce."""
+    """One `param=maco` run through the CLI into a fresh store, in the precision and XLA mode this
+    machine would not choose: what it records, and a run to reproduce."""
     from mlflow.tracking import MlflowClient
 
     if not WEIGHTS.is_file():
         pytest.skip(f"ImageNet VGG16 weights not found at {WEIGHTS}")
     cwd = tmp_path_factory.mktemp("maco")
-    proc = run_cli("param=maco", "layer=block1_conv1", "filters=0:2", "iters=3", f"model.weights={WEIGHTS}", cwd=cwd,
-                   env={"MLFLOW_TRACKING_URI": ""})
+    proc = run_cli("param=maco", "layer=block1_conv1", "filters=0:2", "iters=3", f"model.weights={WEIGHTS}",
+                   *NOT_THE_HARDWARE_DEFAULTS, cwd=cwd, env={"MLFLOW_TRACKING_URI": ""})
     assert proc.returncode == 0, proc.stderr
     client = MlflowClient(tracking_uri=f"sqlite:///{cwd / 'mlruns' / 'mlflow.db'}")
     [run] = client.search_runs([client.get_experiment_by_name("filterviz").experiment_id])

@@ -12,7 +12,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
-from conftest import ROOT, WEIGHTS, needs_weights, run_cli
+from conftest import NOT_THE_HARDWARE_DEFAULTS, ROOT, WEIGHTS, needs_weights, run_cli
 from filterviz.compare import differing_settings
 from filterviz.reproduce import changed_versions
 from filterviz.recording.settings import describe, filter_span, run_name
@@ -126,6 +126,35 @@ def test_reproduce_gives_the_identical_image_and_tags_the_new_run(parallel_sweep
     assert again.data.params["filters"] == "1" and again.data.params["step_size"] == "10.0"
 
 
+@needs_weights
+def test_reproduce_says_different_with_exit_1_and_warns_of_changed_code_and_libraries(parallel_sweep):
+    """A record whose images no longer match what its config makes (here: edited in the store),
+    and whose code and Keras version are not today's."""
+    cwd, _ = parallel_sweep
+    client, _, children = runs_of(cwd)
+    original = next(r for r in children if r.info.run_name == "filters=0 step_size=1")
+    run_id = original.info.run_id
+    recorded = Path(original.info.artifact_uri[len("file://"):]) / "images.npy"
+    images = np.load(recorded)
+    np.save(recorded, np.clip(images + 0.25, 0, 1))
+    client.set_tag(run_id, "git.commit", "0" * 40)
+    client.set_tag(run_id, "versions.keras", "2.0.0")
+
+    proc = subprocess.run([sys.executable, "-m", "filterviz.reproduce", run_id], cwd=cwd, capture_output=True,
+                          text=True, timeout=280)
+    assert proc.returncode == 1, proc.stderr
+    warnings = [line for line in proc.stderr.splitlines() if line.startswith("warning: ")]
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    import keras
+    assert warnings == [f"warning: git.commit: run had {'0' * 40}, now {head}; the images may differ",
+                        f"warning: versions.keras: run had 2.0.0, now {keras.__version__}; the images may differ"]
+    [verdict] = [line for line in proc.stdout.splitlines() if line.startswith("different: ")]
+    [again] = client.search_runs([original.info.experiment_id], f"tags.reproduces = '{run_id}'")
+    assert verdict == f"different: largest pixel difference 0.25 (run {again.info.run_id} vs {run_id})"
+    assert again.info.status == "FINISHED" and again.data.tags["reproduce.verdict"] == "different"
+    assert again.data.tags["reproduce.max_pixel_difference"] == "0.25"
+
+
 def test_names_and_comparisons_share_one_meaning_of_setting():
     from filterviz.recording.settings import is_setting
 
@@ -163,6 +192,10 @@ def test_reproduce_rebuilds_the_run_from_its_full_record_not_todays_defaults(mac
     [again] = client.search_runs([original.info.experiment_id], f"tags.reproduces = '{original.info.run_id}'")
     assert (again.data.params["input_size"], again.data.params["seed"]) == ("96", "0")
     assert again.data.params["param"] == "Maco()"
+    # the precision and XLA mode it ran in, logged resolved, are replayed, not today's hardware defaults
+    ran_with = dict(o.split("=") for o in NOT_THE_HARDWARE_DEFAULTS)
+    assert original.data.params["precision"] == again.data.params["precision"] == ran_with["precision"]
+    assert original.data.params["xla"] == again.data.params["xla"] == ran_with["xla"].capitalize()
 
     def attributions(run):
         folder = tmp_path / run.info.run_id
