@@ -184,3 +184,32 @@ def test_in_process_jobs_leave_no_traced_step_behind(small_model, tmp_path):
     for k in range(1, 4):
         one_job(k)
     assert graphs() <= before, f"{graphs() - before} traced graphs outlived their jobs"
+
+
+def test_a_wider_atlas_extends_the_same_one_and_a_picture_setting_starts_another(small_model, tmp_path):
+    """atlas.per_layer and atlas.layers choose what the atlas holds without changing its pictures:
+    naming one more layer resumes the same atlas and runs only the new layer's jobs. A setting that
+    changes the pictures (step_size) starts a new atlas beside it."""
+    def atlas(*more):
+        proc = start_atlas([*atlas_args(small_model), "atlas.per_layer=2", *more], tmp_path)
+        out, err = proc.communicate(timeout=280)
+        assert proc.returncode == 0, err
+        [said] = [line for line in out.splitlines() if line.startswith("atlas ") and " of small: " in line]
+        site = site_of(out)
+        manifest = json.loads((site / "atlas.json").read_text())
+        return said.split()[1], said, {l["name"]: [f["filter"] for f in l["filters"]] for l in manifest["layers"]}, site
+
+    first_id, said, held, _ = atlas("atlas.layers=conv_a")
+    assert held == {"conv_a": [0, 1]} and "1 layer(s), 2 filters in 1 job(s)" in said
+    wider_id, said, held, site = atlas("atlas.layers=[conv_a,conv_c]")
+    assert wider_id == first_id and "2 layer(s), 4 filters in 1 job(s) left (2 filters; the others are done)" in said
+    assert held == {"conv_a": [0, 1], "conv_c": [0, 1]}
+    other_id, said, held, other_site = atlas("atlas.layers=[conv_a,conv_c]", "step_size=3")
+    assert other_id != first_id and "4 filters in 2 job(s);" in said and held == {"conv_a": [0, 1], "conv_c": [0, 1]}
+
+    parents, children = runs_by_kind(tmp_path)
+    assert len(parents) == 2 and len(children) == 4, "each job ran once in its own atlas"
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {p.info.run_id for p in parents}
+    assert pictures(site).keys() == pictures(other_site).keys()
+    # (a filter that never fires stays the flat start in both: not every picture can differ)
+    assert sum(pictures(site)[k] != pictures(other_site)[k] for k in pictures(site)) >= 2, "another atlas, other pictures"
