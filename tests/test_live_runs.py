@@ -133,3 +133,32 @@ def test_a_diverging_ascent_fails_and_says_why(tmp_path):
     assert proc.stderr.strip().startswith("error: the ascent diverged: filter 0's objective or image became NaN")
     [run] = runs(store(tmp_path))
     assert run.info.status == "FAILED" and "diverged" in run.data.tags["error"]
+
+
+def test_the_same_signal_again_stops_at_once_while_the_first_stop_waits_on_the_store(tmp_path):
+    """A stop that cannot finish (here the store is locked by another writer, as a busy team
+    database or a slow disk would hold it) gives way to the same signal sent again: the process
+    dies of it at once, and the next command ends its run FAILED."""
+    import sqlite3
+
+    proc = start(*LONG, "hydra.run.dir=out", cwd=tmp_path)
+    client = store(tmp_path)
+    live = wait_for_points(client, proc, at_least=5)
+    writer = sqlite3.connect(tmp_path / "mlruns" / "mlflow.db", timeout=30, isolation_level=None)
+    writer.execute("BEGIN EXCLUSIVE")  # every write of the run now waits on this lock
+    try:
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(4)  # past the few seconds in which a second signal is taken as the same stop
+        assert proc.poll() is None, "the first stop is still waiting on the store"
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+        assert proc.returncode == -signal.SIGTERM, "killed by the signal itself, not a clean exit (143)"
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+        if proc.poll() is None:
+            proc.kill()
+    again = run_cli(*LONG[:3], "iters=1", "input_size=16", LONG[-1], "hydra.run.dir=again", cwd=tmp_path,
+                    env={"MLFLOW_TRACKING_URI": ""})
+    assert again.returncode == 0, again.stderr
+    assert client.get_run(live.info.run_id).info.status == "FAILED"
