@@ -53,7 +53,7 @@ def parallel_sweep(tmp_path_factory):
 
 
 @needs_weights
-def test_parallel_sweep_on_a_fresh_store_records_every_run_under_one_parent(parallel_sweep):
+def test_parallel_sweep_on_a_fresh_store_records_every_run_under_one_parent(parallel_sweep, tmp_path):
     cwd, proc = parallel_sweep
     assert proc.returncode == 0, proc.stderr
     _, [parent], children = runs_of(cwd)
@@ -71,6 +71,12 @@ def test_parallel_sweep_on_a_fresh_store_records_every_run_under_one_parent(para
         assert child.info.status == "FINISHED"
         assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
         assert len(child.data.metrics) > 0
+    # the sweep as Hydra saw it: the parent's multirun.yaml is the sweep folder's
+    client = MlflowClient(tracking_uri=f"sqlite:///{cwd / 'mlruns' / 'mlflow.db'}")
+    logged = OmegaConf.load(client.download_artifacts(parent.info.run_id, "multirun.yaml", str(tmp_path)))
+    assert list(logged.hydra.overrides.task) == ["filters=0,1", "step_size=1,10", *SMALL]
+    assert logged.hydra.launcher.n_jobs == 4
+    assert logged == OmegaConf.load(next(cwd.glob("multirun/*/*/multirun.yaml")))
 
 
 @needs_weights
