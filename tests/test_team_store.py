@@ -151,16 +151,26 @@ def test_a_run_stopped_against_the_team_server_ends_killed_with_every_point(serv
 
 
 def test_a_server_that_goes_away_mid_run_loses_nothing_computed(server_process, tmp_path):
+    """Two runs lose their server: one the user then stops, one that goes on to its end. Each
+    ends with one line naming the folder that holds every result."""
     base, server_proc = server_process
     experiment = f"gone-{uuid.uuid4().hex[:8]}"
-    proc = start(base, experiment, tmp_path)
-    running_run_with_points(base, experiment, proc, at_least=5)
+    stopped = start(base, experiment, tmp_path)
+    own_end = subprocess.Popen(
+        [sys.executable, "-m", "filterviz", *LONG, "iters=1500", "hydra.run.dir=own_end", f"tracking.uri={base}",
+         f"tracking.experiment={experiment}"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, env={**os.environ, "HYDRA_FULL_ERROR": "0"})
+    running_run_with_points(base, experiment, stopped, at_least=5)
+    running_run_with_points(base, experiment, own_end, at_least=1)  # a tenth of the way (points come per tenth)
     stop_group(server_proc, signal.SIGKILL)
     time.sleep(1)
-    proc.send_signal(signal.SIGTERM)  # the user stops it: the results must still be on disk
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode != 0 and "Traceback" not in err
-    results = tmp_path / "out" / "results"
-    assert f"every result is in {results}" in err.strip().splitlines()[-1]
-    assert (results / "images.npy").is_file() and (results / "PARTIAL").is_file()
-    assert np.isfinite(np.load(results / "losses.npy")[0]).sum() > 5
+    stopped.send_signal(signal.SIGTERM)  # the user stops it: the results must still be on disk
+    for proc, folder, partial in ((stopped, "out", True), (own_end, "own_end", False)):
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode != 0 if partial else proc.returncode == 1, err
+        assert "Traceback" not in err
+        results = tmp_path / folder / "results"
+        assert f"every result is in {results}" in err.strip().splitlines()[-1]
+        assert (results / "images.npy").is_file() and (results / "PARTIAL").is_file() == partial
+        computed = np.isfinite(np.load(results / "losses.npy")[0]).sum()
+        assert computed == 1500 if not partial else computed > 5
