@@ -36,9 +36,10 @@ def test_input_size_minimum_is_found_and_said(vgg16, layer, minimum):
 @pytest.mark.parametrize("name, layer", [("vgg19", "block5_conv4"), ("resnet50", "conv3_block1_1_conv")])
 def test_other_applications_build_with_random_weights_and_ascend(name, layer):
     cut = cut_at(load_model(name, weights=None), layer)
-    result = visualize_filters(cut.extractor, [0, 1], iters=2, step_size=1.0, input_size=32)
+    result = visualize_filters(cut.extractor, [0, 1], iters=4, step_size=1.0, input_size=32)
     assert result.images.shape == (2, 32, 32, 3)
     assert np.isfinite(result.images).all()
+    assert (result.losses[:, -1] > result.losses[:, 0]).all(), "the ascent climbs the filter's activation"
 
 
 def test_a_users_keras_file_model_with_one_channel(tmp_path):

@@ -110,6 +110,11 @@ def test_compare_draws_the_sweep_beside_it_and_logs_it_to_the_parent(parallel_sw
     assert proc.returncode == 0, proc.stderr
     [figure] = cwd.glob("outputs/compare/*/*/compare-filterviz.png")
     assert f"comparison: {figure.resolve()}" in proc.stdout
+    # a row of pictures per run: the sweep's 4 runs are two rows (1.3 in at 90 dpi, less the spacing) taller than these 2
+    from PIL import Image
+
+    with Image.open(out) as four, Image.open(figure) as two:
+        assert 180 < four.height - two.height < 240, (four.size, two.size)
     assert set(cwd.iterdir()) - before == {cwd / "outputs"}, "nothing loose in the working directory"
 
     proc = subprocess.run([sys.executable, "-m", "filterviz.compare", "filterviz", "--filter", "params.layer='none'"],

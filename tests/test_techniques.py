@@ -37,9 +37,40 @@ def test_each_transform_keeps_shape_and_range(options, grow):
     assert float(tf.reduce_min(view)) >= 0.2 - 1e-5 and float(tf.reduce_max(view)) <= 0.9 + 1e-5
     again = Transforms(**options)(images, tf.constant([5, 6, 7]), tf.constant(3))
     np.testing.assert_array_equal(view, again)  # stateless: same seeds, same view
-    if options.get("jitter"):
-        other = Transforms(**options)(images, tf.constant([5, 6, 7]), tf.constant(4))
-        assert not np.allclose(view, other), "another step must draw another view"
+    if not grow:  # the transform changed the picture (a pad is seen by its size)
+        assert np.abs(view - images).max() > 0.05, "the view is the picture unchanged"
+    other = Transforms(**options)(images, tf.constant([5, 6, 7]), tf.constant(4))
+    if set(options) - {"pad", "blur"}:  # the random ones
+        assert np.abs(view - other).max() > 0.05, "another step must draw another view"
+    else:
+        np.testing.assert_array_equal(view, other)
+
+
+def test_a_rotation_turns_stripes_and_leaves_a_centred_disc():
+    y, x = np.mgrid[0:41, 0:41] - 20.0
+    disc = np.repeat((np.hypot(x, y) < 12).astype(np.float32)[None, :, :, None], 3, axis=3)
+    stripes = np.repeat(((x // 4) % 2).astype(np.float32)[None, :, :, None], 3, axis=3)
+    images = tf.constant(np.concatenate([disc, stripes]))
+    view = Transforms(rotate=45.0)(images, tf.constant([1, 1]), tf.constant(0)).numpy()
+    inner = np.hypot(x, y) < 18  # clear of the corners the rotation brings in
+    assert np.abs(view[0] - disc[0])[inner].mean() < 0.03
+    assert np.abs(view[1] - stripes[0])[inner].mean() > 0.2
+
+
+def test_gaussian_blur_is_the_normalised_gaussian_truncated_at_two_sigma():
+    from filterviz.core.transforms import gaussian_blur
+
+    sigma = 1.5
+    impulse = np.zeros((1, 21, 21, 2), np.float32)
+    impulse[0, 10, 10] = 1.0
+    blurred = gaussian_blur(tf.constant(impulse), sigma).numpy()
+    taps = np.exp(-np.arange(-3, 4) ** 2 / (2 * sigma**2))  # radius ceil(2 sigma) = 3
+    want = np.zeros((21, 21))
+    want[7:14, 7:14] = np.outer(taps, taps) / taps.sum() ** 2
+    for channel in range(2):
+        np.testing.assert_allclose(blurred[0, :, :, channel], want, atol=1e-7)
+    flat = gaussian_blur(tf.fill((1, 9, 9, 3), 0.7), sigma).numpy()  # reflected edges: no dark border
+    np.testing.assert_allclose(flat, 0.7, rtol=1e-6)
 
 
 def test_image_seeds_are_stable_and_per_filter():
