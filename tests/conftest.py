@@ -62,6 +62,16 @@ def run_cli(*overrides: str, cwd: Path, env=None, timeout: float = 280) -> subpr
     )
 
 
+def this_cpu() -> set:
+    """This machine's CPU flags, read here from /proc/cpuinfo: the tests' own reference for the
+    hardware defaults, not the code under test."""
+    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    return {flag for line in text.splitlines() if line.startswith("flags") for flag in line.split(":", 1)[1].split()}
+
+
+NVIDIA_GPUS = len(list(Path("/proc/driver/nvidia/gpus").glob("*")))
+
+
 def _not_the_hardware_defaults() -> list:
     """precision and xla set the other way from what this machine would choose: a reproduction
     that did not replay the recorded values would get today's."""
