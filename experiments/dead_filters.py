@@ -1,6 +1,6 @@
 """Which recipe leaves the fewest dead filters, and at what cost?
 
-A filter is dead when it never fired during its ascent (`AscentResult.dead`, the rule a run
+A filter is dead when its ascent found nothing to climb (`AscentResult.dead`, the rule a run
 uses). Over a random sample of `--per-layer` filters of every conv layer of VGG16 (the same
 filters for every recipe), each recipe runs as a job would: a first start, then `retry_dead=2`'s
 retries from livelier starts for the filters still dead. Prints, per recipe, the dead fraction

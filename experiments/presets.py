@@ -33,7 +33,7 @@ from hydra import compose, initialize_config_module  # noqa: E402
 
 from filterviz import job  # noqa: E402
 from filterviz.config import register_configs  # noqa: E402
-from filterviz.core.ascent import never_fired  # noqa: E402
+from filterviz.core.ascent import nothing_to_climb  # noqa: E402
 from filterviz.recording.images import to_display  # noqa: E402
 
 PRESETS = ["seed", "keras_example", "lucid", "best", "maco"]
@@ -43,7 +43,7 @@ DEFAULT = "best"
 
 def per_picture(figures: Dict[str, float], dead: np.ndarray) -> Dict[str, Dict[str, float]]:
     """A job's per-image figures by measure, live filters only: {"specificity": {"block3_conv1/f0003": 0.61, ...},
-    "score": ...}. `dead`: per image, in the job's order (ascent.never_fired of its activations.npy)."""
+    "score": ...}. `dead`: per image, in the job's order (ascent.nothing_to_climb of its activations.npy)."""
     found: Dict[str, Dict[str, float]] = {}
     for key, value in figures.items():
         figure, _, picture = key.partition("/")
@@ -121,7 +121,7 @@ def main() -> None:
                 images = np.load(result.results_dir / "images.npy")
                 rows.append((preset, layer, images))
                 q = result.figures
-                dead = never_fired(np.load(result.results_dir / "activations.npy"))
+                dead = nothing_to_climb(np.load(result.results_dir / "activations.npy"))
                 for figure, values in per_picture(q, dead).items():
                     pictures.setdefault(preset, {}).setdefault(figure, {}).update(values)
                 table.append((preset, layer, iters, q["seconds"], q["quality/final_activation"],

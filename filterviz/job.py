@@ -147,7 +147,7 @@ def revive_dead(plan: Plan, result: AscentResult, on_step: StepCallback) -> Asce
     dead = result.dead_filters()
     if not plan.cfg.retry_dead or not dead:
         return result
-    print(f"filter(s) {', '.join(map(str, dead))} never fired: retrying from new random starts "
+    print(f"filter(s) {', '.join(map(str, dead))} found nothing to climb: retrying from new random starts "
           f"(retry_dead={plan.cfg.retry_dead})")
     return retry_dead(plan.cut.extractor, result, plan.cfg.retry_dead, recipe=plan.recipe, on_step=on_step,
                       **plan.schedule())
@@ -157,7 +157,7 @@ def judge(plan: Plan, result: AscentResult) -> quality.Quality:
     figures = quality.measure(plan.cut.extractor, result, plan.recipe)
     dead = result.dead_filters()
     if dead:
-        print(f"dead filter(s), never fired: {', '.join(map(str, dead))}"
+        print(f"dead filter(s), nothing to climb: {', '.join(map(str, dead))}"
               + ("" if plan.cfg.retry_dead else " (retry_dead=2 tries new random starts)"))
     return figures
 

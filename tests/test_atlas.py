@@ -116,10 +116,12 @@ def test_a_wrong_layer_pattern_is_one_line_naming_the_layers(small_model, tmp_pa
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 1 and "Traceback" not in err
     assert err.strip().splitlines()[-1] == ("error: atlas.layers: 'conv_z*' matches no convolution of this model; "
-                                            "its convolutions are conv_a, conv_b, conv_c")
+                                            "its convolutions are conv_a, conv_b, conv_c (any other layer with "
+                                            "channels can be named too)")
 
 
 LAYER_LIST = [ConvLayer("block1_conv1", 64, 1.0), ConvLayer("block1_conv2", 64, 20.0),
+              ConvLayer("block1_pool", 64, 20.0, convolution=False),
               ConvLayer("block2_conv1", 128, 30.0), ConvLayer("block5_conv1", 512, 160.0)]
 
 
@@ -127,16 +129,19 @@ def test_layers_are_chosen_by_name_or_pattern_and_a_wrong_one_says_which_exist()
     assert [layer.name for layer in plan.select_layers(LAYER_LIST, "block1_*")] == ["block1_conv1", "block1_conv2"]
     assert [layer.name for layer in plan.select_layers(LAYER_LIST, ["block5_conv1", "block1_conv1"])] == [
         "block1_conv1", "block5_conv1"]
-    assert len(plan.select_layers(LAYER_LIST, "all")) == 4
+    assert len(plan.select_layers(LAYER_LIST, "all")) == 4, "every convolution, no other layer"
+    assert [layer.name for layer in plan.select_layers(LAYER_LIST, ["block1_pool", "block2_*"])] == [
+        "block1_pool", "block2_conv1"], "any layer with channels by name"
     with pytest.raises(ConfigError, match="'block9_\\*' matches no convolution of this model; its convolutions are "
                                           "block1_conv1, block1_conv2"):
         plan.select_layers(LAYER_LIST, "block9_*")
 
 
 def test_jobs_cover_the_filters_not_done_and_cheap_layers_get_bigger_jobs():
-    jobs = plan.plan_jobs(LAYER_LIST, {"block1_conv2": set(range(10, 64)), "block5_conv1": {0, 1, 2}}, 16)
+    convolutions = [layer for layer in LAYER_LIST if layer.convolution]
+    jobs = plan.plan_jobs(convolutions, {"block1_conv2": set(range(10, 64)), "block5_conv1": {0, 1, 2}}, 16)
     covered = {(j.layer, f) for j in jobs for f in j.filters}
-    expected = {(layer.name, f) for layer in LAYER_LIST for f in range(layer.filters)} - {
+    expected = {(layer.name, f) for layer in convolutions for f in range(layer.filters)} - {
         ("block1_conv2", f) for f in range(10, 64)} - {("block5_conv1", f) for f in (0, 1, 2)}
     assert covered == expected and len(covered) == sum(len(j.filters) for j in jobs)
     first = {}
@@ -213,3 +218,17 @@ def test_a_wider_atlas_extends_the_same_one_and_a_picture_setting_starts_another
     assert pictures(site).keys() == pictures(other_site).keys()
     # (a filter that never fires stays the flat start in both: not every picture can differ)
     assert sum(pictures(site)[k] != pictures(other_site)[k] for k in pictures(site)) >= 2, "another atlas, other pictures"
+
+
+def test_the_atlas_of_a_mixed_model_covers_every_convolution_kind(tmp_path):
+    from test_models import CONVOLUTIONS, mixed_model
+
+    mixed_model().save(tmp_path / "mixed.keras")
+    proc = start_atlas(["model=file", f"model.path={tmp_path / 'mixed.keras'}", "model.weights=null",
+                        "experiment=seed", "iters=4", "input_size=24", "atlas.per_layer=2"], tmp_path)
+    out, err = proc.communicate(timeout=280)
+    assert proc.returncode == 0, err
+    manifest = json.loads((site_of(out) / "atlas.json").read_text())
+    assert [(layer["name"], [f["filter"] for f in layer["filters"]]) for layer in manifest["layers"]] == [
+        (name, [0, 1]) for name in CONVOLUTIONS]
+    assert len(pictures(site_of(out))) == 2 * len(CONVOLUTIONS)

@@ -2,9 +2,9 @@ import keras
 import numpy as np
 import pytest
 
-from filterviz.core.ascent import visualize_filters
+from filterviz.core.ascent import nothing_to_climb, visualize_filters
 from filterviz.errors import ConfigError
-from filterviz.core.models import check_input_size, conv_layer_names, cut_at, load_model
+from filterviz.core.models import channel_layer_names, check_input_size, conv_layer_names, conv_layers, cut_at, load_model
 
 
 def test_cut_reports_the_layer_and_its_filters(vgg16):
@@ -15,7 +15,6 @@ def test_cut_reports_the_layer_and_its_filters(vgg16):
 
 @pytest.mark.parametrize("layer, says", [
     ("nope", "unknown layer 'nope' in vgg16: conv layers are block1_conv1, block1_conv2"),
-    ("block1_pool", "'block1_pool' is a MaxPooling2D, not a convolution: use one of block1_conv1"),
     (None, "no layer given: pass layer=<name>"),
 ])
 def test_bad_layers_list_the_valid_ones(vgg16, layer, says):
@@ -64,3 +63,72 @@ def test_missing_and_corrupt_weights_files_are_named(tmp_path):
     corrupt.write_bytes(b"not an hdf5 file")
     with pytest.raises(ConfigError, match="could not load weights from .*corrupt.weights.h5 into vgg16: "):
         load_model("vgg16", weights=str(corrupt))
+
+
+def mixed_model():
+    """Every kind of layer with channels, random weights fixed by a seed."""
+    keras.utils.set_random_seed(5)
+    inputs = keras.Input((None, None, 3))
+    x = keras.layers.Conv2D(4, 3, activation="relu", name="conv")(inputs)
+    x = keras.layers.DepthwiseConv2D(3, name="depthwise")(x)
+    x = keras.layers.SeparableConv2D(6, 3, name="separable")(x)
+    x = keras.layers.Conv2DTranspose(5, 3, strides=2, name="transposed")(x)
+    x = keras.layers.Dense(7, name="pointwise")(x)  # ConvNeXt's 1x1 convolutions are Dense on 4-D
+    y = keras.layers.BatchNormalization(name="bn")(x)
+    x = keras.layers.Add(name="add")([x, y])
+    x = keras.layers.ReLU(name="relu")(x)
+    return keras.Model(inputs, x, name="mixed")
+
+
+CONVOLUTIONS = ["conv", "depthwise", "separable", "transposed", "pointwise"]
+
+
+def test_every_convolution_kind_is_a_conv_layer_and_any_layer_with_channels_can_be_cut():
+    model = mixed_model()
+    assert conv_layer_names(model) == CONVOLUTIONS
+    assert channel_layer_names(model) == [*CONVOLUTIONS, "bn", "add", "relu"]
+    sizes = {layer.name: layer.filters for layer in conv_layers(model, 24)}
+    assert sizes == {"conv": 4, "depthwise": 4, "separable": 6, "transposed": 5, "pointwise": 7}
+    costs = [layer.cost for layer in conv_layers(model, 24)]
+    assert costs == sorted(costs) and costs[0] == 22 * 22 * 3 * 3 * 3 * 4  # 22x22 outputs of a 3x3x3 kernel, 4 filters
+    for name in channel_layer_names(model):
+        cut = cut_at(model, name)
+        assert cut.n_filters == int(model.get_layer(name).output.shape[-1])
+        result = visualize_filters(cut.extractor, [0, cut.n_filters - 1], iters=4, step_size=1.0, input_size=24)
+        assert (result.losses[:, -1] > result.losses[:, 0]).all(), name
+
+
+def test_a_classifier_is_visualised_on_its_logits_not_its_softmax():
+    keras.utils.set_random_seed(2)
+    inputs = keras.Input((16, 16, 1))
+    x = keras.layers.Conv2D(3, 3, activation="relu", name="conv")(inputs)
+    x = keras.layers.Flatten(name="flat")(x)
+    model = keras.Model(inputs, keras.layers.Dense(10, activation="softmax", name="classes")(x), name="classifier")
+    cut = cut_at(model, "classes")
+    assert (cut.n_filters, cut.channels) == (10, 1)
+    images = np.random.default_rng(0).uniform(size=(2, 16, 16, 1)).astype("float32")
+    kernel, bias = model.get_layer("classes").get_weights()
+    flat = keras.Model(model.inputs, model.get_layer("flat").output)(images).numpy()
+    np.testing.assert_allclose(cut.extractor(images).numpy()[:, 0, 0, :], flat @ kernel + bias, rtol=1e-4, atol=1e-5)
+    result = visualize_filters(cut.extractor, [1, 7], iters=4, step_size=1.0, input_size=16)
+    assert result.images.shape == (2, 16, 16, 1) and (result.losses[:, -1] > result.losses[:, 0]).all()
+
+
+def test_a_layer_without_channels_and_a_model_without_any_say_which_layers_qualify():
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(4, 3, name="conv")(inputs)
+    model = keras.Model(inputs, keras.layers.Reshape((36, 4), name="sequence")(x), name="seq")
+    with pytest.raises(ConfigError, match=r"layer 'sequence' is a Reshape with output \(None, 36, 4\), no channel "
+                                          r"axis: use one of conv$"):
+        cut_at(model, "sequence")
+    only = keras.Model(inputs, keras.layers.Reshape((64, 3), name="sequence")(inputs), name="nothing")
+    with pytest.raises(ConfigError, match="nothing has no layer to visualise: no layer has a"):
+        cut_at(only, "sequence")
+
+
+def test_a_linear_layers_negative_but_rising_activation_is_alive():
+    rising_below_zero = np.array([[-5.0, -4.0, -3.0]])
+    stuck_at_zero, stuck_below_zero, fired_once = np.zeros((1, 3)), np.full((1, 3), -2.0), np.array([[0, 0.5, 0.1]])
+    curves = np.concatenate([rising_below_zero, stuck_at_zero, stuck_below_zero, fired_once])
+    assert nothing_to_climb(curves).tolist() == [False, True, True, False]
+    assert nothing_to_climb(np.array([[np.nan, np.nan], [-1.0, np.nan]])).tolist() == [True, True], "not run"

@@ -37,7 +37,7 @@ def make_atlas(config: DictConfig, arguments: Sequence[str], launch: Launch, bat
         raise ConfigError("the atlas resumes from its MLflow store: it needs tracking (not tracking=off)")
     model = models.load_model(cfg.model.name, None if cfg.model.name != "file" else cfg.model.weights,
                               cfg.model.path)  # the architecture only: each job loads the weights
-    layers = plan.select_layers(models.conv_layers(model, cfg.input_size), cfg.atlas.layers)
+    layers = plan.select_layers(models.channel_layers(model, cfg.input_size), cfg.atlas.layers)
     for layer in layers:
         models.check_input_size(models.cut_at(model, layer.name), cfg.input_size)
     del model

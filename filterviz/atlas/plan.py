@@ -30,14 +30,18 @@ class Job:
 
 
 def select_layers(layers: Sequence[ConvLayer], wanted) -> List[ConvLayer]:
-    """`all`, a name, a shell pattern (`block[45]_*`) or a list of them; in the model's order."""
-    patterns = ["*"] if wanted in (None, "all") else [wanted] if isinstance(wanted, str) else list(wanted)
+    """`all` (every convolution), a name, a shell pattern (`block[45]_*`) or a list of them, which
+    may name any layer with channels (an activation, a residual Add, the logits); in the model's order."""
+    convolutions = [layer.name for layer in layers if layer.convolution]
+    if wanted in (None, "all"):
+        return [layer for layer in layers if layer.convolution]
+    patterns = [wanted] if isinstance(wanted, str) else list(wanted)
     chosen: Set[str] = set()
     for pattern in map(str, patterns):
-        matched = fnmatch.filter([layer.name for layer in layers], pattern)
+        matched = fnmatch.filter(convolutions, pattern) or fnmatch.filter([layer.name for layer in layers], pattern)
         if not matched:
             raise ConfigError(f"atlas.layers: {pattern!r} matches no convolution of this model; its convolutions "
-                              f"are {', '.join(layer.name for layer in layers)}")
+                              f"are {', '.join(convolutions)} (any other layer with channels can be named too)")
         chosen.update(matched)
     return [layer for layer in layers if layer.name in chosen]
 

@@ -53,11 +53,15 @@ class Recipe:
     preprocess: Optional[Preprocess] = None  # [0, 1] RGB -> the model's input, inside the graph
 
 
-def never_fired(activations: np.ndarray) -> np.ndarray:
+def nothing_to_climb(activations: np.ndarray) -> np.ndarray:
     """The one rule for a dead filter, per image of (images, iterations) activations (a run's
-    activations.npy): its activation never rose above zero during the ascent, so the layer gave
-    the image no gradient to climb."""
-    return ~(np.nan_to_num(activations, nan=0.0) > 0).any(axis=1)
+    activations.npy): the ascent found nothing to climb, i.e. the activation never rose above its
+    first value and was never above zero. After a ReLU that is "never fired" (a rectified output
+    that never left 0); on a layer that is not rectified (a linear bottleneck, a convolution
+    before its BatchNormalization) a negative activation that rises is alive."""
+    values = np.nan_to_num(activations, nan=-np.inf)
+    rose = (values[:, 1:] > values[:, :1]).any(axis=1)
+    return ~(rose | (values > 0).any(axis=1))
 
 
 @dataclass
@@ -80,7 +84,7 @@ class AscentResult:
         return 1 + max((i.copy for i in self.ids), default=0)
 
     def dead(self) -> np.ndarray:
-        return never_fired(self.activations)
+        return nothing_to_climb(self.activations)
 
     def dead_filters(self) -> List[int]:
         return sorted({i.filter for i, d in zip(self.ids, self.dead()) if d})

@@ -1,4 +1,9 @@
-"""Load a network and cut it at the convolution layer whose filters we visualise."""
+"""Load a network and cut it at the layer whose channels (filters, units) we visualise.
+
+Any layer with a channel axis can be cut at: a (batch, height, width, channels) output (every
+convolution kind, a Dense on a 4-D tensor, an activation, a normalization, a residual Add) or
+a (batch, units) one (Dense units, class logits). The atlas covers the convolutions by default.
+"""
 
 import math
 from dataclasses import dataclass
@@ -24,9 +29,16 @@ PREPROCESS_INPUT = {
 }
 
 
+# Layers that hold filters: an atlas covers these by default (and Dense on a 4-D tensor, ConvNeXt's
+# pointwise convolutions).
+CONVOLUTIONS = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.SeparableConv2D,
+                keras.layers.Conv2DTranspose)
+
+
 @dataclass
 class LayerCut:
-    """A model truncated at one convolution layer."""
+    """A model truncated at one layer with channels; a (batch, units) output is cut as
+    (batch, 1, 1, units), so every objective reads it as a 1x1 map."""
 
     extractor: keras.Model
     layer: str
@@ -87,45 +99,107 @@ def preprocessor(name: str) -> Optional[Callable]:
 
 
 def conv_layer_names(model: keras.Model) -> List[str]:
+    """The layers that hold filters: every convolution kind, and Dense on a 4-D tensor."""
     return [layer.name for layer in model.layers if _is_conv(layer)]
+
+
+def channel_layer_names(model: keras.Model) -> List[str]:
+    """Every layer that can be visualised: its output has a channel axis."""
+    return [layer.name for layer in model.layers if _output_rank(layer) in (2, 4)
+            and not isinstance(layer, keras.layers.InputLayer)]
 
 
 @dataclass(frozen=True)
 class ConvLayer:
     name: str
-    filters: int
+    filters: int  # its channels: filters or units
     cost: float  # multiply-adds of one image's forward pass from the input to this layer's output
+    convolution: bool = True  # one that holds filters (conv_layer_names); else any layer with channels
 
 
-def conv_layers(model: keras.Model, size: int) -> List[ConvLayer]:
-    """Every convolution of `model`, in order, with the cost of reaching it at `size`x`size` (the
-    convolutions before it in the model's layer order: exact for a chain, an upper bound otherwise)."""
-    convs = [layer for layer in model.layers if _is_conv(layer)]
-    shapes = keras.Model(model.inputs, [layer.output for layer in convs]).compute_output_shape(
+def channel_layers(model: keras.Model, size: int) -> List[ConvLayer]:
+    """Every layer with channels of `model`, in order, with the cost of reaching it at `size`x`size`
+    (the layers before it in the model's layer order: exact for a chain, an upper bound otherwise)."""
+    names = set(channel_layer_names(model))
+    chosen = [layer for layer in model.layers if layer.name in names]
+    if not chosen:
+        return []
+    shapes = keras.Model(model.inputs, [layer.output for layer in chosen]).compute_output_shape(
         (1, size, size, int(model.input_shape[-1])))
     total, found = 0.0, []
-    for layer, shape in zip(convs, shapes if isinstance(shapes, (list, tuple)) and len(convs) > 1 else [shapes]):
-        kh, kw = layer.kernel_size
-        total += math.prod(shape[1:3]) * kh * kw * int(layer.input.shape[-1]) * int(layer.filters) / layer.groups
-        found.append(ConvLayer(layer.name, int(layer.filters), total))
+    for layer, shape in zip(chosen, shapes if isinstance(shapes, (list, tuple)) and len(chosen) > 1 else [shapes]):
+        total += _multiply_adds(layer, shape)
+        found.append(ConvLayer(layer.name, int(shape[-1]), total, _is_conv(layer)))
     return found
 
 
+def conv_layers(model: keras.Model, size: int) -> List[ConvLayer]:
+    """The convolutions among `channel_layers`: what an atlas covers by default."""
+    return [layer for layer in channel_layers(model, size) if layer.convolution]
+
+
+def _multiply_adds(layer: keras.layers.Layer, shape) -> float:
+    """One image's multiply-adds in `layer`, whose output has `shape`: each kernel weight is used
+    once per output pixel (a transposed convolution's once per input pixel; a grouped kernel holds
+    only its group's inputs)."""
+    weights = sum(math.prod(w.shape) for w in layer.weights if len(w.shape) > 1)  # kernels, not biases
+    per_pixel = weights / math.prod(layer.strides) if isinstance(layer, keras.layers.Conv2DTranspose) else weights
+    return math.prod(shape[1:-1]) * per_pixel  # a (batch, units) output is one "pixel"
+
+
 def cut_at(model: keras.Model, layer_name: Optional[str]) -> LayerCut:
-    """Truncate `model` so that it outputs the activations of the conv layer `layer_name`."""
+    """Truncate `model` so that it outputs the activations of the layer `layer_name`. A softmax
+    layer is cut before its softmax, at the logits: a softmax output rises as much by pushing the
+    other classes down as by raising its own (xplique and tf-keras-vis advise the same)."""
     convs = conv_layer_names(model)
+    qualifying = channel_layer_names(model)
+    if not qualifying:
+        raise ConfigError(f"{model.name} has no layer to visualise: no layer has a (batch, height, width, channels) "
+                          "or (batch, units) output")
     if layer_name is None:
-        raise ConfigError(f"no layer given: pass layer=<name>, one of {', '.join(convs)}")
+        raise ConfigError(f"no layer given: pass layer=<name>, one of {', '.join(convs or qualifying)}")
     names = [layer.name for layer in model.layers]
     if layer_name not in names:
-        raise ConfigError(f"unknown layer {layer_name!r} in {model.name}: conv layers are {', '.join(convs)}")
+        listed = f"conv layers are {', '.join(convs)}" if convs else f"layers with channels are {', '.join(qualifying)}"
+        raise ConfigError(f"unknown layer {layer_name!r} in {model.name}: {listed}")
     layer = model.get_layer(layer_name)
-    if not _is_conv(layer):
+    if layer_name not in qualifying:
         raise ConfigError(
-            f"layer {layer_name!r} is a {type(layer).__name__}, not a convolution: use one of {', '.join(convs)}"
-        )
-    extractor = keras.Model(model.inputs, layer.output, name=f"{model.name}_to_{layer_name}")
-    return LayerCut(extractor, layer_name, int(layer.filters), int(model.input_shape[-1]))
+            f"layer {layer_name!r} is a {type(layer).__name__} with output {_output_shape(layer)}, no channel axis: "
+            f"use one of {', '.join(qualifying)}")
+    output = _logits(layer)
+    if len(output.shape) == 2:
+        output = keras.layers.Reshape((1, 1, int(output.shape[-1])), name=f"{layer_name}_as_map")(output)
+    extractor = keras.Model(model.inputs, output, name=f"{model.name}_to_{layer_name}")
+    return LayerCut(extractor, layer_name, int(output.shape[-1]), int(model.input_shape[-1]))
+
+
+def _logits(layer: keras.layers.Layer):
+    """The layer's output, or for a softmax the input of the softmax (the logits)."""
+    config = layer.get_config()
+    if isinstance(layer, keras.layers.Softmax) or (
+            isinstance(layer, keras.layers.Activation) and config.get("activation") == "softmax"):
+        return layer.input
+    if config.get("activation") == "softmax":  # a Dense (or convolution) with a softmax of its own
+        twin = type(layer).from_config({**config, "activation": "linear", "name": f"{layer.name}_logits"})
+        logits = twin(layer.input)
+        twin.set_weights(layer.get_weights())
+        return logits
+    return layer.output
+
+
+def _output_rank(layer: keras.layers.Layer) -> Optional[int]:
+    try:
+        return len(layer.output.shape)
+    except (AttributeError, ValueError):  # a layer used twice has no single output
+        return None
+
+
+def _output_shape(layer: keras.layers.Layer):
+    try:
+        return tuple(layer.output.shape)
+    except (AttributeError, ValueError):
+        return "(several)"
 
 
 def check_input_size(cut: LayerCut, size: int, largest: int = 1024) -> None:
@@ -173,7 +247,7 @@ def _reaches_layer(cut: LayerCut, size: int) -> bool:
 
 
 def _is_conv(layer: keras.layers.Layer) -> bool:
-    return isinstance(layer, keras.layers.Conv2D)
+    return isinstance(layer, CONVOLUTIONS) or (isinstance(layer, keras.layers.Dense) and _output_rank(layer) == 4)
 
 
 def _load_file(path: Optional[str]) -> keras.Model:

@@ -10,7 +10,7 @@ specificity       under the same 16 views, own / (own + rival): the filter's mea
                   against that of the strongest other filter of its layer, averaged over the
                   views: 0.5 a tie, near 1 a picture of that filter alone, near 0 a picture
                   of something else
-dead              the filter never fired (`AscentResult.dead`, the one rule)
+dead              the ascent found nothing to climb (`AscentResult.dead`, the one rule)
 
 Activations are measured as the ascent measures them: the objective's `activation` term
 (objectives.py) on the model's preprocessed input.
