@@ -35,6 +35,9 @@ class ModelConfig:
     path: Optional[str] = None
     # the layer used when `layer` is not given
     default_layer: Optional[str] = None
+    # what the model was trained on, applied when `preprocess` is true: none, caffe, tf, torch or an
+    # application's name; null: the application's own (a saved model: none, the [0, 1] picture)
+    preprocess: Optional[str] = None
 
 
 @dataclass

@@ -48,6 +48,7 @@ class Plan:
     filters: List[int]
     recipe: Recipe
     overrides: List[str] = field(default_factory=list)  # the command line's settings
+    fed: str = "none"  # what the model is fed: a preprocess mode (models.preprocess_mode), logged as model.preprocess
 
     def charted(self) -> Dict[ImageId, str]:
         """The images with their own metric series and picture slider in MLflow, by series name:
@@ -136,10 +137,14 @@ def prepare(cfg: DictConfig) -> Plan:
     batch = min(cfg.batch_size, len(filters) * objective.copies)
     models.check_memory(cut, cfg.input_size, batch, hardware.available_memory())
     map_side = min(models.activation_map(cut, cfg.input_size))
+    fed = models.preprocess_mode(cfg.model.name, cfg.model.get("preprocess")) if cfg.preprocess else "none"
+    if cfg.preprocess and cfg.model.name == "file" and cfg.model.get("preprocess") is None and not cfg.get("atlas"):
+        print("note: model=file is fed the [0, 1] picture as it is: if it was trained on other inputs, set "
+              "model.preprocess=caffe, tf, torch or an application's name", file=sys.stderr)
     recipe = Recipe(param=param, transforms=transforms, optimizer=optimizer,
                     objective=objective.for_layer(cut.layer, cut.n_filters, map_side, cfg.seed),
-                    preprocess=models.preprocessor(cfg.model.name) if cfg.preprocess else None)
-    return Plan(cfg, cut, filters, recipe)
+                    preprocess=models.preprocessor(fed, cut.channels))
+    return Plan(cfg, cut, filters, recipe, fed=fed)
 
 
 def revive_dead(plan: Plan, result: AscentResult, on_step: StepCallback) -> AscentResult:
@@ -255,6 +260,7 @@ def run(cfg: DictConfig, output_dir: Path, overrides: Sequence[str] = (), comman
         return JobResult(results_dir, {**outcome.figures(), **outcome.per_image(plan.cut.layer)})
 
     params = settings.picture_params(tracking.flatten(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)))
+    params["model.preprocess"] = plan.fed  # what the model was really fed, not the switch alone
     tags = {**provenance.provenance_tags(command), "filterviz.filters": ",".join(map(str, plan.filters)),
             "filterviz.layer": plan.cut.layer, **cfg.tracking.tags}
     with tracker.run(run_name or plan.title, params, tags, parent_run_id) as run_id:

@@ -328,6 +328,9 @@ def test_a_filter_that_cannot_fire_is_retried_in_a_real_run_and_counted_dead(tmp
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
     [run] = client.search_runs([client.get_experiment_by_name("filterviz").experiment_id])
     assert run.data.metrics["quality/dead_filters"] == 1
+    # preprocess=true (the default recipe's) on a saved model: it was fed the picture as it is, and says so
+    assert run.data.params["preprocess"] == "True" and run.data.params["model.preprocess"] == "none"
+    assert "note: model=file is fed the [0, 1] picture as it is" in proc.stderr
     # the retries' steps continue the first attempt's: 3 attempts of `iters` steps, each step once
     dead = client.get_metric_history(run.info.run_id, "activation/conv/f0001")
     assert sorted(m.step for m in dead) == list(range(3 * iters)) and {m.value for m in dead} == {0.0}
@@ -337,8 +340,8 @@ def test_a_filter_that_cannot_fire_is_retried_in_a_real_run_and_counted_dead(tmp
 
 def test_a_saved_classifier_is_rendered_by_class_through_the_command(tmp_path):
     """A one-channel model with a softmax head, as a user saves it: its class units (on the logits)
-    through `python -m filterviz`. Plain pixel ascent (experiment=seed): the default's random views
-    shift a 16 px picture under a Flatten head by half its width, and a class logit then does not climb."""
+    through `python -m filterviz`, fed [-1, 1] (model.preprocess=tf). Without random views: the
+    default's shift a 16 px picture under a Flatten head by half its width, and a logit does not climb."""
     import keras
 
     keras.utils.set_random_seed(2)
@@ -347,7 +350,7 @@ def test_a_saved_classifier_is_rendered_by_class_through_the_command(tmp_path):
     x = keras.layers.Flatten(name="flat")(x)
     keras.Model(inputs, keras.layers.Dense(10, activation="softmax", name="classes")(x)).save(tmp_path / "cls.keras")
     proc = run_cli("model=file", f"model.path={tmp_path / 'cls.keras'}", "model.weights=null", "layer=classes",
-                   "experiment=seed", "filters=[1,7]", "iters=10", "input_size=16", "hydra.run.dir=out", cwd=tmp_path,
+                   "transforms=none", "model.preprocess=tf", "filters=[1,7]", "iters=10", "input_size=16", "hydra.run.dir=out", cwd=tmp_path,
                    env={"MLFLOW_TRACKING_URI": ""})
     assert proc.returncode == 0, proc.stderr
     images, losses = np.load(tmp_path / "out/results/images.npy"), np.load(tmp_path / "out/results/losses.npy")
@@ -355,3 +358,4 @@ def test_a_saved_classifier_is_rendered_by_class_through_the_command(tmp_path):
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
     [run] = client.search_runs([client.get_experiment_by_name("filterviz").experiment_id])
     assert run.info.status == "FINISHED" and run.data.params["layer"] == "classes"
+    assert run.data.params["model.preprocess"] == "tf"  # [-1, 1], which a one-channel model can take

@@ -132,3 +132,22 @@ def test_a_linear_layers_negative_but_rising_activation_is_alive():
     curves = np.concatenate([rising_below_zero, stuck_at_zero, stuck_below_zero, fired_once])
     assert nothing_to_climb(curves).tolist() == [False, True, True, False]
     assert nothing_to_climb(np.array([[np.nan, np.nan], [-1.0, np.nan]])).tolist() == [True, True], "not run"
+
+
+def test_model_preprocess_feeds_what_the_model_was_trained_on():
+    from filterviz.core.models import preprocess_mode, preprocessor
+
+    assert [preprocess_mode(m, None) for m in ("vgg16", "resnet50", "file")] == ["vgg16", "resnet50", "none"]
+    assert preprocess_mode("file", "caffe") == "caffe" and preprocess_mode("file", "vgg19") == "vgg19"
+    with pytest.raises(ConfigError, match="model.preprocess=bgr: use none, caffe, tf, torch or an application's name"):
+        preprocess_mode("file", "bgr")
+    images = np.random.default_rng(1).uniform(size=(2, 4, 4, 3)).astype("float32")
+    np.testing.assert_allclose(preprocessor("tf")(images), images * 2 - 1, atol=1e-6)
+    torch = (images - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225]  # ImageNet's statistics, as torchvision
+    np.testing.assert_allclose(preprocessor("torch")(images), torch, atol=1e-5)
+    caffe = images[..., ::-1] * 255 - [103.939, 116.779, 123.68]  # BGR, mean-subtracted
+    np.testing.assert_allclose(preprocessor("caffe")(images), caffe, atol=1e-3)
+    np.testing.assert_allclose(preprocessor("vgg16")(images), caffe, atol=1e-3)
+    assert preprocessor("none") is None
+    with pytest.raises(ConfigError, match="model.preprocess=caffe is for RGB images and this model takes 1 channel"):
+        preprocessor("caffe", channels=1)

@@ -87,15 +87,33 @@ def load_model(name: str, weights: Optional[str] = "imagenet", path: Optional[st
     return model
 
 
-def preprocessor(name: str) -> Optional[Callable]:
-    """[0, 1] RGB images -> what `name` was trained on (VGG/ResNet: BGR, mean-subtracted 0..255).
+# Keras' imagenet_utils modes: caffe (BGR, mean-subtracted 0..255: VGG, ResNet), tf ([-1, 1]),
+# torch ([0, 1] standardised by ImageNet's mean and std); none: the [0, 1] picture as it is.
+PREPROCESS_MODES = ("none", "caffe", "tf", "torch")
 
-    None for a user's own model, which gets the [0, 1] image as it is.
-    """
-    if name not in PREPROCESS_INPUT:
+
+def preprocess_mode(model: str, given: Optional[str]) -> str:
+    """What the model is fed: `given` (a mode or an application's name), else the application's
+    own (a saved model: none)."""
+    mode = given if given is not None else model if model in PREPROCESS_INPUT else "none"
+    if mode not in PREPROCESS_MODES and mode not in PREPROCESS_INPUT:
+        raise ConfigError(f"model.preprocess={mode}: use {', '.join(PREPROCESS_MODES)} or an application's name "
+                          f"({', '.join(sorted(PREPROCESS_INPUT))})")
+    return mode
+
+
+def preprocessor(mode: str, channels: int = 3) -> Optional[Callable]:
+    """[0, 1] images -> what the model was trained on, in the graph: a mode of `preprocess_mode`.
+    None for `none`: the [0, 1] picture as it is."""
+    if mode == "none":
         return None
-    preprocess_input = PREPROCESS_INPUT[name]
-    return lambda images: preprocess_input(images * 255.0)
+    if channels != 3 and mode != "tf":
+        raise ConfigError(f"model.preprocess={mode} is for RGB images and this model takes {channels} channel(s): "
+                          "use model.preprocess=tf or none")
+    if mode in PREPROCESS_INPUT:
+        preprocess_input = PREPROCESS_INPUT[mode]
+        return lambda images: preprocess_input(images * 255.0)
+    return lambda images: keras.applications.imagenet_utils.preprocess_input(images * 255.0, mode=mode)
 
 
 def conv_layer_names(model: keras.Model) -> List[str]:
