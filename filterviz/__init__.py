@@ -1,3 +1,15 @@
-"""filterviz: see what the filters of a convolutional network respond to."""
+"""filterviz: see what the filters of a convolutional network respond to.
+
+`filterviz.render(model, layer=..., filters=..., **settings)` runs the command's job from Python
+(filterviz/api.py); imported on first use, so `import filterviz` stays light.
+"""
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name):
+    if name in ("render", "Render"):
+        from filterviz import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'filterviz' has no attribute {name!r}")

@@ -49,6 +49,7 @@ class Plan:
     recipe: Recipe
     overrides: List[str] = field(default_factory=list)  # the command line's settings
     fed: str = "none"  # what the model is fed: a preprocess mode (models.preprocess_mode), logged as model.preprocess
+    fingerprint: str = ""  # the network's architecture and weights (models.fingerprint), a tag of the run
 
     def charted(self) -> Dict[ImageId, str]:
         """The images with their own metric series and picture slider in MLflow, by series name:
@@ -144,7 +145,7 @@ def prepare(cfg: DictConfig) -> Plan:
     recipe = Recipe(param=param, transforms=transforms, optimizer=optimizer,
                     objective=objective.for_layer(cut.layer, cut.n_filters, map_side, cfg.seed),
                     preprocess=models.preprocessor(fed, cut.channels))
-    return Plan(cfg, cut, filters, recipe, fed=fed)
+    return Plan(cfg, cut, filters, recipe, fed=fed, fingerprint=models.fingerprint(model))
 
 
 def revive_dead(plan: Plan, result: AscentResult, on_step: StepCallback) -> AscentResult:
@@ -262,7 +263,7 @@ def run(cfg: DictConfig, output_dir: Path, overrides: Sequence[str] = (), comman
     params = settings.picture_params(tracking.flatten(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)))
     params["model.preprocess"] = plan.fed  # what the model was really fed, not the switch alone
     tags = {**provenance.provenance_tags(command), "filterviz.filters": ",".join(map(str, plan.filters)),
-            "filterviz.layer": plan.cut.layer, **cfg.tracking.tags}
+            "filterviz.layer": plan.cut.layer, "filterviz.model_fingerprint": plan.fingerprint, **cfg.tracking.tags}
     with tracker.run(run_name or plan.title, params, tags, parent_run_id) as run_id:
         live = LiveRun(tracker, run_id, plan.charted(), cfg.iters, plan.recipe.objective.copies)
         try:

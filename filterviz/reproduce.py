@@ -36,6 +36,15 @@ def changed_versions(logged_tags: dict, now: dict) -> List[str]:
             for key, value in now.items() if key in logged_tags and logged_tags[key] != value]
 
 
+def _saved_model(client, run_id: str, path: str, tmp: str) -> str:
+    """The network a run was made of, when its file is gone: the copy the run logged (an
+    in-memory model from the Python API is saved with the results, filterviz/api.py)."""
+    try:
+        return client.download_artifacts(run_id, Path(path).name, tmp)
+    except Exception:
+        raise ConfigError(f"run {run_id}'s model file {path} is gone and the run holds no copy of it") from None
+
+
 def main(argv: List[str] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m filterviz.reproduce", description=__doc__.splitlines()[0])
     parser.add_argument("run_id")
@@ -58,6 +67,9 @@ def reproduce(run_id: str, tracking_uri: str = None) -> int:
             original = np.load(client.download_artifacts(run_id, "images.npy", tmp))
         except Exception:
             raise ConfigError(f"run {run_id} has no {CONFIG_ARTIFACT} and images.npy to reproduce from") from None
+        model = recorded.get("model", {})
+        if model.get("name") == "file" and model.get("path") and not Path(model["path"]).is_file():
+            model["path"] = _saved_model(client, run_id, model["path"], tmp)
         for change in changed_versions(run.data.tags, provenance.code_versions()):
             print(f"warning: {change}; the images may differ", file=sys.stderr)
         (Path(tmp) / "replay.yaml").write_text(

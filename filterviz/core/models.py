@@ -5,12 +5,14 @@ convolution kind, a Dense on a 4-D tensor, an activation, a normalization, a res
 a (batch, units) one (Dense units, class logits). The atlas covers the convolutions by default.
 """
 
+import hashlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
 import keras
+import numpy as np
 
 from filterviz.errors import ConfigError, first_line
 
@@ -114,6 +116,15 @@ def preprocessor(mode: str, channels: int = 3) -> Optional[Callable]:
         preprocess_input = PREPROCESS_INPUT[mode]
         return lambda images: preprocess_input(images * 255.0)
     return lambda images: keras.applications.imagenet_utils.preprocess_input(images * 255.0, mode=mode)
+
+
+def fingerprint(model: keras.Model) -> str:
+    """A digest of the network: its architecture and every weight, so that the runs of one
+    network can be found together whatever its file or its name."""
+    digest = hashlib.sha256(model.to_json().encode())
+    for weight in model.weights:
+        digest.update(np.ascontiguousarray(keras.ops.convert_to_numpy(weight)).tobytes())
+    return digest.hexdigest()[:16]
 
 
 def conv_layer_names(model: keras.Model) -> List[str]:

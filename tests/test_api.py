@@ -1,0 +1,84 @@
+"""`filterviz.render` from Python, on a model that only lives in memory: the command's job, into
+a real store, reproducible from its record."""
+
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import run_cli
+from filterviz.errors import ConfigError
+
+SETTINGS = dict(layer="dw", filters="0:2", iters=6, input_size=24)
+
+
+def in_memory_model():
+    keras.utils.set_random_seed(4)
+    inputs = keras.Input((None, None, 3))
+    x = keras.layers.Conv2D(4, 3, activation="relu", name="conv")(inputs)
+    return keras.Model(inputs, keras.layers.DepthwiseConv2D(3, name="dw")(x), name="notebook_net")
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory):
+    import filterviz
+
+    folder = tmp_path_factory.mktemp("api")
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    model = in_memory_model()
+    return folder, uri, model, filterviz.render(model, tracking=uri, output_dir=folder / "out", **SETTINGS)
+
+
+def test_render_returns_the_pictures_and_records_the_run_with_its_network(rendered):
+    from filterviz.core.models import fingerprint
+
+    folder, uri, model, result = rendered
+    assert result.images.shape == (2, 24, 24, 3) and result.filters == [0, 1] and result.complete
+    assert not np.allclose(result.images, result.images[0, 0, 0]), "pictures, not a flat start"
+    assert 0 <= result.figures["quality/specificity"] <= 1
+    client = MlflowClient(tracking_uri=uri)
+    run = client.get_run(result.run_id)
+    assert run.info.status == "FINISHED" and run.data.params["layer"] == "dw"
+    assert run.data.tags["filterviz.model_fingerprint"] == fingerprint(model)
+    assert result.run_url.endswith(f"/runs/{result.run_id}/model-metrics?workflowType=machine_learning")
+    assert "model.keras" in {a.path for a in client.list_artifacts(run.info.run_id)}, "the network is in the run"
+    html = result._repr_html_()
+    assert html.count('<img src="data:image/png;base64,') == 1 and result.run_id in html
+    assert len(result.grid().axes) == 2
+
+
+def test_the_command_on_the_same_network_and_settings_makes_the_same_pictures(rendered, tmp_path):
+    folder, _, _, result = rendered
+    proc = run_cli("model=file", f"model.path={folder / 'out' / 'results' / 'model.keras'}", "model.weights=null",
+                   *[f"{k}={v}" for k, v in SETTINGS.items()], "tracking=off", "hydra.run.dir=cli", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    np.testing.assert_array_equal(np.load(tmp_path / "cli" / "results" / "images.npy"), result.images)
+
+
+def test_a_run_of_an_in_memory_model_reproduces_bit_for_bit_after_its_file_is_gone(rendered):
+    folder, uri, _, result = rendered
+    (folder / "out" / "results" / "model.keras").unlink()  # the notebook's kernel and its files are gone
+    proc = subprocess.run([sys.executable, "-m", "filterviz.reproduce", result.run_id, "--tracking-uri", uri],
+                          cwd=folder, capture_output=True, text=True, timeout=280)
+    assert proc.returncode == 0, proc.stderr
+    assert f"reproduces {result.run_id} bit for bit" in proc.stdout
+
+
+@pytest.mark.parametrize("settings, says", [
+    (dict(iters="abc"), "Value 'abc' of type 'str' could not be converted to Integer"),
+    (dict(nonsense=3), "Could not override 'nonsense'"),
+    (dict(experiment="nope"), "unknown experiment 'nope': use one of best,"),
+    (dict(layer="nope"), "unknown layer 'nope' in notebook_net: conv layers are conv, dw"),
+    (dict(overrides=["model.preprocess=bgr"]), "model.preprocess=bgr: use none, caffe, tf, torch"),
+])
+def test_a_wrong_setting_is_the_commands_one_line_error_as_an_exception(settings, says, tmp_path):
+    import filterviz
+
+    with pytest.raises(ConfigError) as error:
+        filterviz.render(in_memory_model(), **{**SETTINGS, "tracking": "off", "output_dir": tmp_path, **settings})
+    assert says in str(error.value) and "\n" not in str(error.value)
+    with pytest.raises(ConfigError, match="model=int: pass a keras.Model, an application's name"):
+        filterviz.render(42)
