@@ -24,6 +24,7 @@ from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from filterviz.cluster import requeue_when_stopped  # noqa: E402
+from filterviz.core.applications import APPLICATIONS  # noqa: E402
 from filterviz.config import check_ranges, register_configs  # noqa: E402
 from filterviz.console import import_tensorflow_quietly  # noqa: E402
 from filterviz.errors import ConfigError, Stopped, first_line  # noqa: E402
@@ -57,7 +58,8 @@ def unknown_group_choice(overrides: List[str]) -> Optional[str]:
         groups = [root / key for root in roots if key.isidentifier() and (root / key).is_dir()]
         if not sep or not groups or "(" in value:
             continue  # not a group of ours, or a sweep function Hydra will expand
-        options = sorted(p.name[: -len(".yaml")] for g in groups for p in g.iterdir() if p.name.endswith(".yaml"))
+        options = sorted({p.name[: -len(".yaml")] for g in groups for p in g.iterdir() if p.name.endswith(".yaml")}
+                         | (set(APPLICATIONS) if key == "model" else set()))
         for choice in value.split(","):
             if choice == "null":  # Hydra 1.3 fails on it with a traceback
                 return f"{key}=null is not an option: to drop the default {key}, write ~{key}"

@@ -14,8 +14,12 @@ from typing import Any, Dict, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from filterviz.core.applications import APPLICATIONS
 from filterviz.core.hardware import fastest_precision, xla_is_faster
 from filterviz.errors import ConfigError
+
+
+MODEL_FILES = ("vgg16", "vgg19", "resnet50", "file")  # conf/model/*.yaml
 
 
 class Precision(Enum):
@@ -35,6 +39,8 @@ class ModelConfig:
     path: Optional[str] = None
     # the layer used when `layer` is not given
     default_layer: Optional[str] = None
+    # with the application's top (its class logits, at the input size it was trained at)
+    include_top: bool = False
     # what the model was trained on, applied when `preprocess` is true: none, caffe, tf, torch or an
     # application's name; null: the application's own (a saved model: none, the [0, 1] picture)
     preprocess: Optional[str] = None
@@ -94,6 +100,10 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="filterviz_schema", node=FilterVizConfig)
     cs.store(group="model", name="model_schema", node=ModelConfig)
+    # model=<any keras.applications network>; those with a file in conf/model/ name their default layer
+    for name in APPLICATIONS:
+        if name not in MODEL_FILES:
+            cs.store(group="model", name=name, node=ModelConfig(name=name))
     cs.store(group="tracking", name="tracking_schema", node=TrackingConfig)
     # conf/config.yaml's `xla: ${xla_is_faster:}`: read from the CPU once per config, and logged resolved
     OmegaConf.register_new_resolver("xla_is_faster", xla_is_faster, replace=True, use_cache=True)

@@ -186,7 +186,7 @@ def test_bfloat16_says_when_the_hardware_only_emulates_it(untracked):
 # corrupt weights file (read by the HDF5 C library, whose own output only a real process would show).
 BAD_INPUTS = [
     (["iters=0"], "iters=0: the number of iterations must be at least 1"),
-    (["model=resnet"], "unknown model 'resnet': use one of file, resnet50, vgg16, vgg19"),
+    (["model=resnet"], "unknown model 'resnet': use one of convnextbase, convnextlarge, convnextsmall,"),
     (["layer=nope"], "unknown layer 'nope' in vgg16: conv layers are block1_conv1"),
     (["model.weights=CORRUPT"], "could not load weights from"),
 ]

@@ -14,21 +14,10 @@ from typing import Callable, Dict, List, Optional
 import keras
 import numpy as np
 
+from filterviz.core import applications
 from filterviz.errors import ConfigError, first_line
 
-# Built without a fixed input size, so one model serves every `input_size`.
-APPLICATIONS: Dict[str, Callable[..., keras.Model]] = {
-    "vgg16": keras.applications.VGG16,
-    "vgg19": keras.applications.VGG19,
-    "resnet50": keras.applications.ResNet50,
-}
-MODEL_NAMES = sorted(APPLICATIONS) + ["file"]
-# Each application's own preprocessing, applied in the graph to 0..255 RGB.
-PREPROCESS_INPUT = {
-    "vgg16": keras.applications.vgg16.preprocess_input,
-    "vgg19": keras.applications.vgg19.preprocess_input,
-    "resnet50": keras.applications.resnet50.preprocess_input,
-}
+MODEL_NAMES = sorted(applications.APPLICATIONS) + ["file"]
 
 
 # Layers that hold filters: an atlas covers these by default (and Dense on a 4-D tensor, ConvNeXt's
@@ -49,7 +38,7 @@ class LayerCut:
 
 
 def load_model(name: str, weights: Optional[str] = "imagenet", path: Optional[str] = None,
-               precision: str = "float32") -> keras.Model:
+               precision: str = "float32", include_top: bool = False) -> keras.Model:
     """A model by `name`: a keras.applications network or, for `file`, a saved Keras model.
 
     `precision="bfloat16"` builds it under Keras' mixed_bfloat16 policy: float32 weights,
@@ -57,11 +46,11 @@ def load_model(name: str, weights: Optional[str] = "imagenet", path: Optional[st
     """
     if precision != "float32":
         if name == "file":
-            raise ConfigError("precision=bfloat16 applies to vgg16, vgg19 and resnet50; a saved model keeps its own")
+            raise ConfigError("precision=bfloat16 applies to the named applications; a saved model keeps its own")
         previous = keras.config.dtype_policy()
         keras.config.set_dtype_policy(f"mixed_{precision}")
         try:
-            return load_model(name, weights, path)
+            return load_model(name, weights, path, include_top=include_top)
         finally:
             keras.config.set_dtype_policy(previous)
     if name == "file":
@@ -71,21 +60,29 @@ def load_model(name: str, weights: Optional[str] = "imagenet", path: Optional[st
         if weights is not None:
             _load_weights(model, weights, "the model in " + str(path))
         return model
-    if name not in APPLICATIONS:
+    if name not in applications.APPLICATIONS:
         raise ConfigError(f"unknown model {name!r}: use one of {', '.join(MODEL_NAMES)}")
-    build = APPLICATIONS[name]
-    if weights is None:
-        return build(include_top=False, weights=None, input_shape=(None, None, 3))
+
+    def build(weights_arg):
+        """Without a fixed input size, so one model serves every `input_size`; with its top (class
+        logits), at the size it was trained at."""
+        shape = None if include_top else (None, None, 3)
+        return applications.builder(name)(include_top=include_top, weights=weights_arg, input_shape=shape)
+
     if weights == "imagenet":
         try:
-            return build(include_top=False, weights="imagenet", input_shape=(None, None, 3))
+            return build("imagenet")
         except Exception as e:  # Keras raises plain Exception on a failed download
             raise ConfigError(
                 f"could not get the ImageNet weights of {name} ({first_line(e)}); without network, "
                 f"pass a weights file: model.weights=<path to {name} .weights.h5>"
             ) from None
-    model = build(include_top=False, weights=None, input_shape=(None, None, 3))
-    _load_weights(model, weights, name)
+    try:
+        model = build(None)
+    except ValueError as e:  # e.g. a size the application refuses
+        raise ConfigError(f"could not build {name}: {first_line(e)}") from None
+    if weights is not None:
+        _load_weights(model, weights, name)
     return model
 
 
@@ -97,10 +94,10 @@ PREPROCESS_MODES = ("none", "caffe", "tf", "torch")
 def preprocess_mode(model: str, given: Optional[str]) -> str:
     """What the model is fed: `given` (a mode or an application's name), else the application's
     own (a saved model: none)."""
-    mode = given if given is not None else model if model in PREPROCESS_INPUT else "none"
-    if mode not in PREPROCESS_MODES and mode not in PREPROCESS_INPUT:
+    mode = given if given is not None else model if model in applications.APPLICATIONS else "none"
+    if mode not in PREPROCESS_MODES and mode not in applications.APPLICATIONS:
         raise ConfigError(f"model.preprocess={mode}: use {', '.join(PREPROCESS_MODES)} or an application's name "
-                          f"({', '.join(sorted(PREPROCESS_INPUT))})")
+                          "(vgg16, mobilenetv2, efficientnetb0, ...: any model=<name>)")
     return mode
 
 
@@ -112,8 +109,8 @@ def preprocessor(mode: str, channels: int = 3) -> Optional[Callable]:
     if channels != 3 and mode != "tf":
         raise ConfigError(f"model.preprocess={mode} is for RGB images and this model takes {channels} channel(s): "
                           "use model.preprocess=tf or none")
-    if mode in PREPROCESS_INPUT:
-        preprocess_input = PREPROCESS_INPUT[mode]
+    if mode in applications.APPLICATIONS:
+        preprocess_input = applications.preprocess_input(mode)
         return lambda images: preprocess_input(images * 255.0)
     return lambda images: keras.applications.imagenet_utils.preprocess_input(images * 255.0, mode=mode)
 
