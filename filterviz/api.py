@@ -5,7 +5,8 @@ The settings are the command line's keys, presets and groups (`experiment="maco"
 defaults, presets and checks are the command's, and a wrong one raises the same one-line
 `ConfigError`. The run is `job.run`, as `python -m filterviz` runs it, into the same store.
 
-`model` is an application's name (`"vgg16"`), a `.keras` file, or a `keras.Model` in memory,
+`model` is an application's name (`"vgg16"`), a `.keras` file, an MLflow model URI
+(`models:/name/3`, `runs:/<id>/model`, in the run's store), or a `keras.Model` in memory,
 which is saved beside the run's results (`model.keras`, logged with them) and run as
 `model=file`: so the record names a file that holds the very network, and `reproduce` can rerun it.
 """
@@ -136,6 +137,8 @@ def render(model: Any = "vgg16", *, layer: Optional[str] = None, filters: Any = 
     from filterviz.stops import stop_on_signals
 
     import_tensorflow_quietly()
+    from filterviz.core.models import MLFLOW_URIS
+
     out = Path(output_dir or Path("outputs", time.strftime("%Y-%m-%d"), time.strftime("%H-%M-%S"))).resolve()
     given = overrides_for({"layer": layer, "filters": filters} if layer else {"filters": filters})
     if isinstance(model, keras.Model):
@@ -143,6 +146,8 @@ def render(model: Any = "vgg16", *, layer: Optional[str] = None, filters: Any = 
         path = out / "results" / MODEL_FILE
         model.save(path)
         model_overrides = ["model=file", f"model.path={path}", "model.weights=null"]
+    elif isinstance(model, str) and model.startswith(MLFLOW_URIS):  # a model logged with MLflow
+        model_overrides = ["model=file", f"model.path={model}", "model.weights=null"]
     elif isinstance(model, (str, os.PathLike)) and str(model).endswith(".keras"):
         model_overrides = ["model=file", f"model.path={Path(model).resolve()}", "model.weights=null"]
     elif isinstance(model, str):

@@ -129,8 +129,9 @@ def prepare(cfg: DictConfig) -> Plan:
     if cfg.precision.value == "bfloat16" and not hardware.bfloat16_units():
         print("warning: precision=bfloat16 on hardware without bfloat16 units (no GPU of compute capability 8+, no "
               "AVX512-BF16/AMX CPU): it is emulated, and several times slower than float32", file=sys.stderr)
+    store = tracking.resolve_store(cfg.tracking.uri).uri  # where a models:/ or runs:/ model.path is
     model = models.load_model(cfg.model.name, cfg.model.weights, cfg.model.path, cfg.precision.value,
-                              cfg.model.get("include_top", False))
+                              cfg.model.get("include_top", False), store)
     cut = models.cut_at(model, cfg.layer)
     models.check_input_size(cut, cfg.input_size)
     filters = parse_filters(OmegaConf.to_object(cfg.filters) if OmegaConf.is_config(cfg.filters) else cfg.filters,

@@ -82,3 +82,28 @@ def test_a_wrong_setting_is_the_commands_one_line_error_as_an_exception(settings
     assert says in str(error.value) and "\n" not in str(error.value)
     with pytest.raises(ConfigError, match="model=int: pass a keras.Model, an application's name"):
         filterviz.render(42)
+
+
+def test_a_model_logged_with_mlflow_is_rendered_by_its_models_uri(tmp_path):
+    import mlflow
+    import mlflow.keras
+
+    import filterviz
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    experiment = client.create_experiment("training", artifact_location=(tmp_path / "artifacts").as_uri())
+    mlflow.set_tracking_uri(uri)  # as a training script logs its model
+    try:
+        with mlflow.start_run(experiment_id=experiment):
+            mlflow.keras.log_model(in_memory_model(), name="model", registered_model_name="notebook_net")
+    finally:
+        mlflow.set_tracking_uri(None)
+    result = filterviz.render("models:/notebook_net/1", tracking=uri, output_dir=tmp_path / "out", **SETTINGS)
+    assert result.images.shape == (2, 24, 24, 3)
+    run = client.get_run(result.run_id)
+    assert run.data.params["model.path"] == "models:/notebook_net/1" and run.info.status == "FINISHED"
+    from filterviz.core.models import fingerprint
+    assert run.data.tags["filterviz.model_fingerprint"] == fingerprint(in_memory_model()), "the very network"
+    with pytest.raises(ConfigError, match=r"could not fetch the MLflow model models:/notebook_net/9 from sqlite"):
+        filterviz.render("models:/notebook_net/9", tracking=uri, output_dir=tmp_path / "bad", **SETTINGS)

@@ -7,6 +7,7 @@ a (batch, units) one (Dense units, class logits). The atlas covers the convoluti
 
 import hashlib
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
@@ -38,7 +39,7 @@ class LayerCut:
 
 
 def load_model(name: str, weights: Optional[str] = "imagenet", path: Optional[str] = None,
-               precision: str = "float32", include_top: bool = False) -> keras.Model:
+               precision: str = "float32", include_top: bool = False, store: Optional[str] = None) -> keras.Model:
     """A model by `name`: a keras.applications network or, for `file`, a saved Keras model.
 
     `precision="bfloat16"` builds it under Keras' mixed_bfloat16 policy: float32 weights,
@@ -50,13 +51,13 @@ def load_model(name: str, weights: Optional[str] = "imagenet", path: Optional[st
         previous = keras.config.dtype_policy()
         keras.config.set_dtype_policy(f"mixed_{precision}")
         try:
-            return load_model(name, weights, path, include_top=include_top)
+            return load_model(name, weights, path, include_top=include_top, store=store)
         finally:
             keras.config.set_dtype_policy(previous)
     if name == "file":
         if weights == "imagenet":
             raise ConfigError("model=file has no ImageNet weights: model.weights takes null (the file's own) or a path")
-        model = _load_file(path)
+        model = _load_file(path, store)
         if weights is not None:
             _load_weights(model, weights, "the model in " + str(path))
         return model
@@ -118,7 +119,13 @@ def preprocessor(mode: str, channels: int = 3) -> Optional[Callable]:
 def fingerprint(model: keras.Model) -> str:
     """A digest of the network: its architecture and every weight, so that the runs of one
     network can be found together whatever its file or its name."""
-    digest = hashlib.sha256(model.to_json().encode())
+    import json
+
+    digest = hashlib.sha256()
+    for layer in model.layers:  # each layer's kind, name and settings; not names Keras numbers per session
+        own = {k: v for k, v in layer.get_config().items() if k != "name"}
+        name = "" if isinstance(layer, keras.layers.InputLayer) else layer.name
+        digest.update(json.dumps([type(layer).__name__, name, own], sort_keys=True, default=str).encode())
     for weight in model.weights:
         digest.update(np.ascontiguousarray(keras.ops.convert_to_numpy(weight)).tobytes())
     return digest.hexdigest()[:16]
@@ -276,15 +283,49 @@ def _is_conv(layer: keras.layers.Layer) -> bool:
     return isinstance(layer, CONVOLUTIONS) or (isinstance(layer, keras.layers.Dense) and _output_rank(layer) == 4)
 
 
-def _load_file(path: Optional[str]) -> keras.Model:
+MLFLOW_URIS = ("models:/", "runs:/", "mlflow-artifacts:/")  # a model logged with MLflow, in its store
+
+
+def _load_file(path: Optional[str], store: Optional[str] = None) -> keras.Model:
     if not path:
         raise ConfigError("model=file needs model.path=<your .keras file>")
+    if path.startswith(MLFLOW_URIS):
+        return _load_logged(path, store)
     if not Path(path).is_file():
         raise ConfigError(f"model file not found: {path} (model.path)")
     try:
         return keras.saving.load_model(path, compile=False)
     except Exception as e:
         raise ConfigError(f"could not load a Keras model from {path}: {first_line(e)}") from None
+
+
+def _load_logged(uri: str, store: Optional[str]) -> keras.Model:
+    """A Keras model logged with MLflow's own model logging (mlflow.keras / mlflow.tensorflow), by
+    its URI in the store `store` (the run's): downloaded, then loaded from the .keras file in it."""
+    import tempfile
+
+    import mlflow
+
+    # MLflow resolves a models:/ URI in its registry and then the logged model in a tracking store,
+    # both read from its environment (the tracking_uri argument does not reach them): the run's store
+    saved = {name: os.environ.get(name) for name in ("MLFLOW_REGISTRY_URI", "MLFLOW_TRACKING_URI")}
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            if store:
+                os.environ.update(dict.fromkeys(saved, store))
+            folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp, tracking_uri=store))
+        except Exception as e:
+            raise ConfigError(f"could not fetch the MLflow model {uri} from {store}: {first_line(e)}") from None
+        finally:
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+        found = sorted(folder.rglob("*.keras"))
+        if not found:
+            raise ConfigError(f"the MLflow model {uri} holds no .keras file (log it with mlflow.keras.log_model)")
+        return _load_file(str(found[0]))
 
 
 def _load_weights(model: keras.Model, weights: str, what: str) -> None:
