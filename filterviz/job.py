@@ -129,7 +129,8 @@ def prepare(cfg: DictConfig) -> Plan:
     if cfg.precision.value == "bfloat16" and not hardware.bfloat16_units():
         print("warning: precision=bfloat16 on hardware without bfloat16 units (no GPU of compute capability 8+, no "
               "AVX512-BF16/AMX CPU): it is emulated, and several times slower than float32", file=sys.stderr)
-    store = tracking.resolve_store(cfg.tracking.uri).uri  # where a models:/ or runs:/ model.path is
+    logged = str(cfg.model.path or "").startswith(models.MLFLOW_URIS)  # a models:/ or runs:/ model.path
+    store = tracking.resolve_store(cfg.tracking.uri).uri if logged else None  # is in the run's store
     model = models.load_model(cfg.model.name, cfg.model.weights, cfg.model.path, cfg.precision.value,
                               cfg.model.get("include_top", False), store)
     cut = models.cut_at(model, cfg.layer)

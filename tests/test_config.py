@@ -93,8 +93,10 @@ def test_a_run_that_breaks_ends_failed_with_the_error_recorded(tmp_path, monkeyp
 def test_group_choices_are_checked_in_one_line_before_hydra():
     from filterviz.__main__ import unknown_group_choice
 
-    assert unknown_group_choice(["model=resnet", "iters=3"]) == \
-        "unknown model 'resnet': use one of file, resnet50, vgg16, vgg19"
+    said = unknown_group_choice(["model=resnet", "iters=3"])
+    assert said.startswith("unknown model 'resnet': use one of convnextbase, ")
+    assert {"file", "mobilenetv2", "resnet50", "vgg16", "xception"} <= set(said.split(": use one of ")[1].split(", "))
+    assert unknown_group_choice(["model=mobilenetv2"]) is None, "every application is a choice"
     assert unknown_group_choice(["experiment=lucid,nope"]).startswith("unknown experiment 'nope': use one of best,")
     assert unknown_group_choice(["experiment=null"]) == \
         "experiment=null is not an option: to drop the default experiment, write ~experiment"
