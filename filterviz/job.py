@@ -138,6 +138,9 @@ def prepare(cfg: DictConfig) -> Plan:
     filters = parse_filters(OmegaConf.to_object(cfg.filters) if OmegaConf.is_config(cfg.filters) else cfg.filters,
                             cut.n_filters, cfg.seed, cut.layer)
     param, transforms, objective, optimizer = (build(cfg, group) for group in GROUPS)
+    if getattr(param, "decorrelate", False) and cut.channels != 3:
+        print(f"note: colour decorrelation is for RGB and this model takes {cut.channels} channel(s): each channel's "
+              "spectrum is optimised on its own", file=sys.stderr)
     batch = min(cfg.batch_size, len(filters) * objective.copies)
     models.check_memory(cut, cfg.input_size, batch, hardware.available_memory())
     map_side = min(models.activation_map(cut, cfg.input_size))

@@ -359,3 +359,4 @@ def test_a_saved_classifier_is_rendered_by_class_through_the_command(tmp_path):
     [run] = client.search_runs([client.get_experiment_by_name("filterviz").experiment_id])
     assert run.info.status == "FINISHED" and run.data.params["layer"] == "classes"
     assert run.data.params["model.preprocess"] == "tf"  # [-1, 1], which a one-channel model can take
+    assert "note: colour decorrelation is for RGB and this model takes 1 channel(s)" in proc.stderr

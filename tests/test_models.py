@@ -125,6 +125,10 @@ def test_a_layer_without_channels_and_a_model_without_any_say_which_layers_quali
     only = keras.Model(inputs, keras.layers.Reshape((64, 3), name="sequence")(inputs), name="nothing")
     with pytest.raises(ConfigError, match="nothing has no layer to visualise: no layer has a"):
         cut_at(only, "sequence")
+    vector = keras.Input((10,))
+    tabular = keras.Model(vector, keras.layers.Dense(4, name="dense")(vector), name="tabular")
+    with pytest.raises(ConfigError, match=r"tabular takes inputs of shape \(None, 10\), not one image batch"):
+        cut_at(tabular, "dense")
 
 
 def test_a_linear_layers_negative_but_rising_activation_is_alive():

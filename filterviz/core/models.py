@@ -184,6 +184,10 @@ def cut_at(model: keras.Model, layer_name: Optional[str]) -> LayerCut:
     """Truncate `model` so that it outputs the activations of the layer `layer_name`. A softmax
     layer is cut before its softmax, at the logits: a softmax output rises as much by pushing the
     other classes down as by raising its own (xplique and tf-keras-vis advise the same)."""
+    shape = model.input_shape
+    if not (isinstance(shape, tuple) and len(shape) == 4):
+        raise ConfigError(f"{model.name} takes inputs of shape {shape}, not one image batch (batch, height, width, "
+                          "channels): filterviz visualises networks of images")
     convs = conv_layer_names(model)
     qualifying = channel_layer_names(model)
     if not qualifying:

@@ -139,7 +139,8 @@ def natural_magnitude(size: int, channels: int, setting: str) -> np.ndarray:
     rfft2 layout, with mean 0 (a sigmoid then centres the picture on grey) and scaled so that a
     picture with it has unit standard deviation, whatever its phase."""
     if channels not in (1, 3):
-        raise ConfigError(f"{setting}: the natural-image spectrum is for 1 or 3 channels; this model takes {channels}")
+        raise ConfigError(f"{setting}: the natural-image spectrum is for 1 or 3 channels; this model takes {channels}: "
+                          "use param.start=random (a 1/f spectrum per channel) or param=pixel")
     magnitude = resample_spectrum(np.load(MACO_SPECTRUM), size)[:channels]  # decorrelated channel 0: luminance
     magnitude[:, 0, 0] = 0.0
     magnitude = _hermitian_edges(magnitude, lambda a, mirror: (a + mirror) / 2)
