@@ -5,13 +5,16 @@ FILTERVIZ_TEST_SLURM_PARTITION (the partition .ci/slurm printed) where it starte
 """
 
 import os
+import queue
 import shutil
+import threading
 import subprocess
 import sys
 import time
 import uuid
 from typing import Callable, List
 
+import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -51,14 +54,35 @@ def launcher() -> list:
             "hydra.launcher.timeout_min=10", *([f"hydra.launcher.partition={PARTITION}"] if PARTITION else [])]
 
 
-def follow(proc: subprocess.Popen, until: Callable[[str], bool]) -> List[str]:
-    """The lines the process prints, read as they come, up to the first that `until` accepts."""
-    lines = []
-    for line in proc.stdout:
-        lines.append(line.rstrip("\n"))
-        if until(lines[-1]):
+def _lines(proc: subprocess.Popen) -> "queue.Queue":
+    """The process's output lines as a thread reads them (None at the end), one reader per process."""
+    if not hasattr(proc, "lines"):
+        proc.lines = queue.Queue()
+        threading.Thread(target=lambda: [proc.lines.put(line.rstrip("\n")) for line in proc.stdout]
+                         + [proc.lines.put(None)], daemon=True).start()
+    return proc.lines
+
+
+def follow(proc: subprocess.Popen, until: Callable[[str], bool] = lambda line: False,
+           seconds: float = 240) -> List[str]:
+    """The lines the process prints, read as they come, up to the first that `until` accepts (or
+    its end, with the default). A job that never gets there fails the test within `seconds`, with
+    what was seen and SLURM's queue."""
+    seen, deadline = [], time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            line = _lines(proc).get(timeout=max(0.1, deadline - time.monotonic()))
+        except queue.Empty:
             break
-    return lines
+        if line is None:
+            return seen
+        seen.append(line)
+        if until(line):
+            return seen
+    squeue = subprocess.run(["squeue", "-h", "-r", "-t", "all"], capture_output=True, text=True, timeout=30).stdout
+    proc.kill()
+    pytest.fail(f"waited {seconds:.0f} s for a line that never came; the process printed:\n" + "\n".join(seen)
+                + f"\nsqueue:\n{squeue}")
 
 
 def warn_of_time_limit(slurm_job: str) -> None:
@@ -87,7 +111,7 @@ def test_a_sweep_on_slurm_requeues_a_job_warned_of_its_time_limit_and_finishes_q
                 break
             time.sleep(0.1)
         warn_of_time_limit(job)
-        console = "\n".join(lines) + "\n" + proc.stdout.read()  # stdout and stderr
+        console = "\n".join(lines + follow(proc))  # stdout and stderr
         proc.wait(timeout=600)
     finally:
         proc.kill()
@@ -108,7 +132,19 @@ def test_a_sweep_on_slurm_requeues_a_job_warned_of_its_time_limit_and_finishes_q
     # the warned run ended with what it had computed, and says so
     [killed] = [c for c in children if c.info.status == "KILLED"]
     assert killed.data.tags["filterviz.partial"] == "true"
-    assert killed.data.metrics, "the stopped run kept no activation points"
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    local = client.download_artifacts(killed.info.run_id, "", str(tmp_path / "killed"))
+    activations = np.load(f"{local}/activations.npy")
+    computed = int(np.isfinite(activations[0]).sum())
+    assert 0 < computed < 150, "stopped mid-ascent"
+    kept = sorted(client.get_metric_history(killed.info.run_id, "activation/block1_conv1/f0000"), key=lambda m: m.step)
+    assert [m.step for m in kept] == list(range(computed)), "every point computed, none twice"
+    np.testing.assert_allclose(kept[-1].value, activations[0, computed - 1], rtol=1e-6)
+    assert {"PARTIAL", "images.npy", "grid.png"} <= set(os.listdir(local))
+    assert not np.allclose(np.load(f"{local}/images.npy"), 0.5), "the pictures it had reached"
+    # sacct's complaints at every poll went to the sweep's launcher.err, not the console
+    [launcher_err] = tmp_path.glob("multirun/*/*/.submitit/launcher.err")
+    assert "accounting storage is disabled" in launcher_err.read_text()
     # each job's own log is in the sweep folder, under .submitit/<job id>/
     logs = list(tmp_path.glob("multirun/*/*/.submitit/*/*_log.out"))
     assert len(logs) == 2 and all("MLflow run:" in p.read_text() for p in logs)
@@ -128,7 +164,7 @@ def test_an_atlas_on_slurm_into_the_team_store_requeued_mid_way_has_the_in_proce
     try:
         lines = follow(proc, lambda line: line.startswith("slurm: job #0 running"))
         warn_of_time_limit(slurm_id(lines, 0))  # wherever it is: starting, ascending or logging
-        console = "\n".join(lines) + "\n" + proc.stdout.read()
+        console = "\n".join(lines + follow(proc))
         proc.wait(timeout=600)
     finally:
         proc.kill()
@@ -143,3 +179,4 @@ def test_an_atlas_on_slurm_into_the_team_store_requeued_mid_way_has_the_in_proce
     assert sorted(r.info.run_name for r in finished) == sorted({r.info.run_name for r in finished})  # once each
     assert len(finished) == 3 and all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in finished)
     assert pictures(site_of(console)) == pictures(site_of(uninterrupted[1]))
+
