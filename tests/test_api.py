@@ -1,6 +1,7 @@
 """`filterviz.render` from Python, on a model that only lives in memory: the command's job, into
 a real store, reproducible from its record."""
 
+import os
 import subprocess
 import sys
 
@@ -29,7 +30,12 @@ def rendered(tmp_path_factory):
     folder = tmp_path_factory.mktemp("api")
     uri = f"sqlite:///{folder / 'mlflow.db'}"
     model = in_memory_model()
-    return folder, uri, model, filterviz.render(model, tracking=uri, output_dir=folder / "out", **SETTINGS)
+    here = os.getcwd()
+    os.chdir(folder)  # as a notebook in its own folder: a reproduction runs where the run ran
+    try:
+        return folder, uri, model, filterviz.render(model, tracking=uri, output_dir=folder / "out", **SETTINGS)
+    finally:
+        os.chdir(here)
 
 
 def test_render_returns_the_pictures_and_records_the_run_with_its_network(rendered):
