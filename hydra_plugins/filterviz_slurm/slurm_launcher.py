@@ -9,6 +9,7 @@ requeued, finished or failed (with its log). Kept thin: submitit itself does the
 
 import os
 import pickle
+import re
 import subprocess
 import sys
 import threading
@@ -25,6 +26,9 @@ POLL_SECONDS = 5.0
 # SLURM's end states of a job that did not complete (COMPLETED: submitit's result says how it went)
 ENDED = {"CANCELLED": "cancelled", "TIMEOUT": "past its time limit", "FAILED": "", "OUT_OF_MEMORY": "out of memory",
          "NODE_FAIL": "its node failed", "BOOT_FAIL": "its node did not boot", "DEADLINE": "past its deadline"}
+# What slurmstepd writes to a job's log when it kills the job for memory: its accounting poll
+# (JobAcctGatherParams=OverMemoryKill, where the job then ends FAILED, not OUT_OF_MEMORY) or cgroup's
+MEMORY_KILL = re.compile(r"exceeded (job )?memory limit|oom[-_ ]kill event", re.IGNORECASE)
 
 
 class ReportingSlurmLauncher(SlurmLauncher):
@@ -94,8 +98,13 @@ class JobWatcher:
                 state = "PENDING"
             elif state == "COMPLETED":
                 state = self._outcome(job)  # None until submitit has written the result
+            elif state in ENDED and str(before).startswith(("finished", "failed")):
+                continue  # said already (and its result may be the one _vanished wrote)
             elif state in ENDED:
-                state = f"failed ({ENDED[state]})" if ENDED[state] else "failed"
+                # a result written before SLURM ended the job (cancelled as it finished) says how it went
+                state = self._outcome(job) or (
+                    "failed (out of memory)" if state == "FAILED" and self._killed_for_memory(job) else
+                    f"failed ({ENDED[state]})" if ENDED[state] else "failed")
             if final and not str(before).startswith(("finished", "failed")):
                 state = self._outcome(job) or state
             if state is None or state == before or state in ("", "COMPLETING", "PREEMPTED"):
@@ -145,6 +154,15 @@ class JobWatcher:
         except Exception:
             return "failed"
         return "finished" if outcome == "success" else "failed"
+
+    def _killed_for_memory(self, job: str) -> bool:
+        log = self._log(job)
+        try:
+            with open(log, "rb") as f:
+                f.seek(max(0, f.seek(0, os.SEEK_END) - 65536))  # slurmstepd's last words
+                return bool(MEMORY_KILL.search(f.read().decode(errors="replace")))
+        except OSError:  # no log (yet): a folder, or gone
+            return False
 
     def _log(self, job: str) -> Path:
         logs = sorted((self.folder / job).glob("*_log.err"))
