@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Iterator, Optional
 
 from filterviz.errors import Stopped
@@ -49,6 +50,8 @@ def requeue_when_stopped() -> Iterator[None]:
     if usr is None:
         yield
         return
+    if os.environ.get("SLURM_RESTART_COUNT", "0") != "0":
+        _forget_stopped_attempt()
     requeue = signal.getsignal(usr)  # submitit's checkpoint_and_try_requeue
     with stop_on_signals(extra=(usr,)):
         try:
@@ -62,3 +65,17 @@ def requeue_when_stopped() -> Iterator[None]:
             # cancelled, or SLURM requeues the job itself: end here, without a result for submitit
             print(f"{stop}: SLURM job {job} ends here", flush=True)
             sys.exit(stop.exit_code)
+
+
+def _forget_stopped_attempt() -> None:
+    """A requeued job runs again in its stopped attempt's folder: every file but the marker of a
+    stopped ascent is written again, so drop that marker, else the finished run carries it."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from filterviz.recording.files import PARTIAL
+
+    try:
+        marker = Path(HydraConfig.get().runtime.output_dir) / "results" / PARTIAL
+    except ValueError:  # not a Hydra job
+        return
+    marker.unlink(missing_ok=True)
