@@ -38,8 +38,13 @@ def slurm_state() -> str:
         shown = subprocess.run(["scontrol", "show", "job", "-o", job], capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired):
         return ""
-    fields = dict(f.split("=", 1) for f in shown.stdout.split() if "=" in f)
-    return fields.get("JobState", "")
+    # an array's last task has the array's id as its own, and scontrol then shows every task of
+    # the array, one line each: this job's line only
+    for line in shown.stdout.splitlines():
+        fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
+        if fields.get("JobId") == job:
+            return fields.get("JobState", "")
+    return ""
 
 
 @contextmanager
