@@ -12,7 +12,8 @@ import subprocess
 import sys
 import time
 import uuid
-from typing import Callable, List
+from pathlib import Path
+from typing import Callable, List, Optional
 
 import numpy as np
 import pytest
@@ -63,26 +64,87 @@ def _lines(proc: subprocess.Popen) -> "queue.Queue":
     return proc.lines
 
 
-def follow(proc: subprocess.Popen, until: Callable[[str], bool] = lambda line: False,
+def follow(proc: subprocess.Popen, until: Optional[Callable[[str], bool]] = None,
            seconds: float = 240) -> List[str]:
     """The lines the process prints, read as they come, up to the first that `until` accepts (or
-    its end, with the default). A job that never gets there fails the test within `seconds`, with
-    what was seen and SLURM's queue."""
+    its end, without). A job that never gets there fails the test within `seconds`, with what
+    was seen and SLURM's queue; so does a process that ends before the line `until` waits for."""
     seen, deadline = [], time.monotonic() + seconds
     while time.monotonic() < deadline:
         try:
             line = _lines(proc).get(timeout=max(0.1, deadline - time.monotonic()))
         except queue.Empty:
             break
+        if line is None and until is None:
+            return seen
         if line is None:
-            return seen
+            stuck(proc, seen, "a line that never came: the process ended first")
         seen.append(line)
-        if until(line):
+        if until is not None and until(line):
             return seen
+    stuck(proc, seen, f"a line that never came ({seconds:.0f} s)")
+
+
+def cancel_all(cwd: Path) -> None:
+    """After a test, however it went: none of its SLURM jobs (those of its sweep folders) is left."""
+    arrays = {p.name.split("_")[0] for p in cwd.glob("multirun/**/.submitit/*_*") if p.is_dir()}
+    if arrays:
+        subprocess.run(["scancel", *sorted(arrays)], capture_output=True, timeout=30)
+
+
+def stuck(proc: subprocess.Popen, seen: List[str], what: str) -> None:
     squeue = subprocess.run(["squeue", "-h", "-r", "-t", "all"], capture_output=True, text=True, timeout=30).stdout
     proc.kill()
-    pytest.fail(f"waited {seconds:.0f} s for a line that never came; the process printed:\n" + "\n".join(seen)
-                + f"\nsqueue:\n{squeue}")
+    pytest.fail(f"waited for {what}; the process printed:\n" + "\n".join(seen) + f"\nsqueue:\n{squeue}")
+
+
+def start(module: str, args: list, cwd: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", module, *args], cwd=cwd, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "HYDRA_FULL_ERROR": "0", "MLFLOW_TRACKING_URI": ""})
+
+
+def sweep(args: list, cwd: Path) -> subprocess.Popen:
+    return start("filterviz", ["-m", *launcher(), "layer=block1_conv1", "iters=150", f"model.weights={WEIGHTS}",
+                               *args], cwd)
+
+
+def running(proc: subprocess.Popen, jobs: int) -> List[str]:
+    """The lines up to the one saying the last of jobs #0 .. #jobs-1 runs."""
+    lines, waiting = [], {f"slurm: job #{n} running on" for n in range(jobs)}
+    while waiting:
+        lines += follow(proc, lambda line: any(line.startswith(w) for w in waiting))
+        waiting = {w for w in waiting if not lines[-1].startswith(w)}
+    return lines
+
+
+def ascending(proc: subprocess.Popen, seen: List[str], cwd: Path, slurm_job: str, iterations: int = 2) -> None:
+    """Until the job's log has `iterations` progress lines since it (last) started: mid-ascent (of 150)."""
+    [log] = cwd.glob(f"multirun/*/*/.submitit/{slurm_job}") or [cwd]
+    log = log / f"{slurm_job}_0_log.out"
+    deadline = time.monotonic() + 120
+    while not (log.is_file() and log.read_text().rsplit("Starting with JobEnvironment", 1)[-1].count(" iteration ")
+               >= iterations):
+        if time.monotonic() > deadline:
+            stuck(proc, seen, f"{iterations} progress lines in {log} (120 s)")
+        time.sleep(0.1)
+
+
+def cancel(slurm_job: str) -> None:
+    """What a user does: SIGTERM now (SIGKILL KillWait later), and the job ends CANCELLED."""
+    subprocess.run(["scancel", slurm_job], check=True, timeout=30)
+
+
+def report(console: str, heading: str) -> List[str]:
+    """The indented lines under the `error: ...` line of a failed sweep's or atlas's report."""
+    lines = console.splitlines()
+    [at] = [i for i, line in enumerate(lines) if line.startswith("error: ") and heading in line]
+    said = []
+    for line in lines[at + 1:]:
+        if not line.startswith("  "):
+            break
+        said.append(line)
+    return said
 
 
 def warn_of_time_limit(slurm_job: str) -> None:
@@ -97,42 +159,49 @@ def slurm_id(lines: List[str], job: int) -> str:
 
 @needs_slurm
 @needs_weights
-def test_a_sweep_on_slurm_requeues_a_job_warned_of_its_time_limit_and_finishes_quietly(tmp_path):
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "filterviz", "-m", *launcher(), "filters=0,1", "layer=block1_conv1", "iters=150",
-         "input_size=32", f"model.weights={WEIGHTS}"], cwd=tmp_path, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True, env={**os.environ, "HYDRA_FULL_ERROR": "0", "MLFLOW_TRACKING_URI": ""})
+def test_a_sweep_on_slurm_requeues_a_job_warned_of_its_time_limit_and_reports_a_cancelled_one_failed(tmp_path):
+    proc = sweep(["input_size=32", "filters=0,1"], tmp_path)
     try:
-        lines = follow(proc, lambda line: line.startswith("slurm: job #0 running"))
-        job = slurm_id(lines, 0)
-        log = next(tmp_path.glob(f"multirun/*/*/.submitit/{job}/{job}_0_log.out"))
-        for _ in range(1200):  # mid-ascent: its progress lines are in its log
-            if log.read_text().count(" iteration ") >= 2:
-                break
-            time.sleep(0.1)
-        warn_of_time_limit(job)
+        lines = running(proc, 2)  # both at once: one CPU each
+        warned, cancelled = slurm_id(lines, 0), slurm_id(lines, 1)
+        ascending(proc, lines, tmp_path, warned)
+        warn_of_time_limit(warned)
+        ascending(proc, lines, tmp_path, cancelled)
+        cancel(cancelled)
         console = "\n".join(lines + follow(proc))  # stdout and stderr
         proc.wait(timeout=600)
     finally:
         proc.kill()
-    assert proc.returncode == 0, console
+        cancel_all(tmp_path)
+    # the cancelled job failed, the sweep says which in one line, and the warned one went on
+    assert proc.returncode == 1, console
     for said in ("#0 submitted", "#1 submitted", "#0 running on", "#1 running on", "#0 requeued",
-                 "#0 finished", "#1 finished"):
+                 "#0 finished"):
         assert f"slurm: job {said}" in console, console
+    [log] = tmp_path.glob(f"multirun/*/*/.submitit/{cancelled}/{cancelled}_0_log.err")
+    assert f"slurm: job #1 failed (cancelled): see {log.resolve()}" in console.splitlines(), console
+    assert "slurm: job #1 finished" not in console and "Traceback" not in console, console
+    [said] = report(console, "1 job(s) of the sweep failed")
+    assert said.startswith("  #1 ") and " filters=1" in said, console
+    assert said.endswith(f": SLURM job {cancelled} ended, failed (cancelled); its log: {log.resolve()}"), console
     # submitit's "Bypassing sacct error" and sacct's own "accounting storage is disabled", at every
     # poll of a cluster without accounting, are not on the console
     assert "sacct" not in console and "accounting" not in console, console
 
     _, [parent], children = runs_of(tmp_path)
     assert parent.info.run_name == "vgg16 block1_conv1 · sweep filters=0,1"
-    assert parent.info.status == "FINISHED"
+    assert parent.info.status == "FAILED"
     assert all(c.data.tags["mlflow.parentRunId"] == parent.info.run_id for c in children)
     runs = sorted((c.info.run_name, c.info.status) for c in children)
-    assert runs == [("filters=0", "FINISHED"), ("filters=0", "KILLED"), ("filters=1", "FINISHED")], runs
-    # the warned run ended with what it had computed, and says so
-    [killed] = [c for c in children if c.info.status == "KILLED"]
-    assert killed.data.tags["filterviz.partial"] == "true"
+    assert runs == [("filters=0", "FINISHED"), ("filters=0", "KILLED"), ("filters=1", "KILLED")], runs
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    # the requeued job ran again in the warned one's folder: its finished run is whole, not marked partial
+    [rerun] = [c for c in children if c.info.status == "FINISHED"]
+    assert "PARTIAL" not in {a.path for a in client.list_artifacts(rerun.info.run_id)}
+    assert "filterviz.partial" not in rerun.data.tags
+    # the warned run ended with what it had computed, and says so
+    [killed] = [c for c in children if c.info.status == "KILLED" and c.info.run_name == "filters=0"]
+    assert killed.data.tags["filterviz.partial"] == "true"
     local = client.download_artifacts(killed.info.run_id, "", str(tmp_path / "killed"))
     activations = np.load(f"{local}/activations.npy")
     computed = int(np.isfinite(activations[0]).sum())
@@ -146,30 +215,96 @@ def test_a_sweep_on_slurm_requeues_a_job_warned_of_its_time_limit_and_finishes_q
     [launcher_err] = tmp_path.glob("multirun/*/*/.submitit/launcher.err")
     assert "accounting storage is disabled" in launcher_err.read_text()
     # each job's own log is in the sweep folder, under .submitit/<job id>/
-    logs = list(tmp_path.glob("multirun/*/*/.submitit/*/*_log.out"))
-    assert len(logs) == 2 and all("MLflow run:" in p.read_text() for p in logs)
+    logs = sorted(tmp_path.glob("multirun/*/*/.submitit/*/*_log.out"))
+    assert [p.parent.name for p in logs] == [warned, cancelled]
+    assert "MLflow run:" in logs[0].read_text() and "stopped by SIGTERM: SLURM job" in logs[1].read_text()
+
+
+@needs_slurm
+@needs_weights
+def test_a_sweep_on_slurm_fails_a_job_past_its_requeues_and_one_killed_for_memory_saying_so(tmp_path):
+    # 1536 px: the first layer's activations and their gradients alone take GBs, past the job's 2 GB
+    # (a 32 px job takes ~1 GB), which slurmstepd polls every second (.ci/slurm)
+    proc = sweep(["hydra.launcher.max_num_timeout=1", "input_size=32,1536"], tmp_path)
+    try:
+        lines = running(proc, 1)
+        timed = slurm_id(lines, 0)
+        for attempt in range(2):  # requeued once (max_num_timeout=1), then it fails
+            ascending(proc, lines, tmp_path, timed)
+            warn_of_time_limit(timed)
+            if attempt == 0:
+                lines += follow(proc, lambda line: line.startswith("slurm: job #0 running on"))
+        console = "\n".join(lines + follow(proc))
+        proc.wait(timeout=600)
+    finally:
+        proc.kill()
+        cancel_all(tmp_path)
+    assert proc.returncode == 1 and "Traceback" not in console, console
+    hog = slurm_id(console.splitlines(), 1)
+    [timed_log] = tmp_path.glob(f"multirun/*/*/.submitit/{timed}/{timed}_0_log.err")
+    [hog_log] = tmp_path.glob(f"multirun/*/*/.submitit/{hog}/{hog}_0_log.err")
+    said = console.splitlines()
+    assert said.count(f"slurm: job #0 requeued (SLURM job {timed})") == 1, console
+    assert f"slurm: job #0 failed: see {timed_log.resolve()}" in said, console
+    assert f"slurm: job #1 failed (out of memory): see {hog_log.resolve()}" in said, console
+    assert "finished" not in console and "sacct" not in console and "accounting" not in console, console
+    assert "exceeded memory limit" in hog_log.read_text()  # slurmstepd's own word: killed for memory
+    first, second = report(console, "2 job(s) of the sweep failed")
+    assert first.startswith("  #0 ") and " input_size=32" in first, console
+    assert first.endswith(": UncompletedJobError: Job not requeued because: timed-out too many times."), console
+    assert second.startswith("  #1 ") and " input_size=1536" in second, console
+    assert second.endswith(f": SLURM job {hog} ended, failed (out of memory); its log: {hog_log.resolve()}"), console
+
+    _, [parent], children = runs_of(tmp_path)
+    assert parent.info.status == "FAILED"
+    # both attempts of the timed job ended KILLED with what they had (the hog's run never ended: SIGKILL)
+    timed_runs = [c for c in children if c.info.run_name == "input_size=32"]
+    assert [(c.info.status, c.data.tags.get("filterviz.partial")) for c in timed_runs] == [("KILLED", "true")] * 2
 
 
 @needs_slurm
 @pytest.mark.skipif(not POSTGRES, reason="no PostgreSQL: FILTERVIZ_TEST_POSTGRES_URI is unset (.ci/run starts one)")
-def test_an_atlas_on_slurm_into_the_team_store_requeued_mid_way_has_the_in_process_atlas_images(
+def test_an_atlas_on_slurm_into_the_team_store_with_a_job_requeued_and_one_cancelled_resumes_to_the_in_process_atlas_images(
         small_model, uninterrupted, server, tmp_path):
     experiment = f"atlas-{uuid.uuid4().hex[:8]}"
     # whole layers a job (3 jobs): a filter's picture does not depend on the filters beside it
     args = [*atlas_args(small_model), "atlas.chunk=8", *launcher(), f"tracking.uri={server}",
             f"tracking.experiment={experiment}"]
-    proc = subprocess.Popen([sys.executable, "-m", "filterviz.atlas", *args], cwd=tmp_path, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "HYDRA_FULL_ERROR": "0", "MLFLOW_TRACKING_URI": ""})
+    proc = start("filterviz.atlas", args, tmp_path)
     try:
-        lines = follow(proc, lambda line: line.startswith("slurm: job #0 running"))
+        lines = follow(proc, lambda line: line.startswith("slurm: job #0 submitted"))
+        # job #2 waits for one of the node's 2 CPUs: cancelled before it starts (a job of 10
+        # iterations is done before a test could catch it mid-ascent; the sweep's test does)
+        cancelled = slurm_id(lines, 0).replace("_0", "_2")
+        cancel(cancelled)
+        lines += follow(proc, lambda line: line.startswith("slurm: job #0 running"))
         warn_of_time_limit(slurm_id(lines, 0))  # wherever it is: starting, ascending or logging
         console = "\n".join(lines + follow(proc))
         proc.wait(timeout=600)
     finally:
         proc.kill()
-    assert proc.returncode == 0, console
+        cancel_all(tmp_path)
+    assert proc.returncode == 1 and "Traceback" not in console, console
     assert "slurm: job #0 requeued" in console and "accounting" not in console, console
+    [folder] = tmp_path.glob(f"multirun/atlas/*/*/.submitit/{cancelled}")  # its log, had it started
+    log = next(folder.glob("*_log.err"), folder).resolve()
+    assert f"slurm: job #2 failed (cancelled): see {log}" in console.splitlines(), console
+    assert "atlas: conv_c f0-3 failed" in console, console
+    [said] = report(console, "1 job(s) of the atlas failed (run the same command again to redo them)")
+    assert said == f"  conv_c f0-3: SLURM job {cancelled} ended, failed (cancelled); its log: {log}", console
+
+    # the same command again redoes only the cancelled job, in the same parent run
+    again = start("filterviz.atlas", args, tmp_path)
+    try:
+        rerun = "\n".join(follow(again))
+        again.wait(timeout=600)
+    finally:
+        again.kill()
+        cancel_all(tmp_path)
+    assert again.returncode == 0, rerun
+    assert "1 job(s) left (4 filters; the others are done)" in rerun, rerun
+    assert "slurm: job #0 finished" in rerun and "slurm: job #1" not in rerun, rerun
+    assert "atlas: conv_c f0-3 done · 18/18 filters" in rerun, rerun
 
     client = MlflowClient(tracking_uri=server)
     runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
@@ -178,5 +313,4 @@ def test_an_atlas_on_slurm_into_the_team_store_requeued_mid_way_has_the_in_proce
     assert parent.info.status == "FINISHED"
     assert sorted(r.info.run_name for r in finished) == sorted({r.info.run_name for r in finished})  # once each
     assert len(finished) == 3 and all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in finished)
-    assert pictures(site_of(console)) == pictures(site_of(uninterrupted[1]))
-
+    assert pictures(site_of(rerun)) == pictures(site_of(uninterrupted[1]))
