@@ -118,15 +118,20 @@ def running(proc: subprocess.Popen, jobs: int) -> List[str]:
     return lines
 
 
-def ascending(proc: subprocess.Popen, seen: List[str], cwd: Path, slurm_job: str, iterations: int = 2) -> None:
-    """Until the job's log has `iterations` progress lines since it (last) started: mid-ascent (of 150)."""
+def ascending(proc: subprocess.Popen, seen: List[str], cwd: Path, slurm_job: str, attempt: int = 1,
+              iterations: int = 2) -> None:
+    """Until the job's log has `iterations` progress lines in its `attempt`-th start: mid-ascent (of
+    150). A requeued job appends to its log: until its new start is written there, the lines of the
+    one before are not this one's (a signal sent then, before Python's handlers, kills it outright)."""
     [log] = cwd.glob(f"multirun/*/*/.submitit/{slurm_job}") or [cwd]
     log = log / f"{slurm_job}_0_log.out"
     deadline = time.monotonic() + 120
-    while not (log.is_file() and log.read_text().rsplit("Starting with JobEnvironment", 1)[-1].count(" iteration ")
-               >= iterations):
+    while True:
+        starts = log.read_text().split("Starting with JobEnvironment") if log.is_file() else []
+        if len(starts) > attempt and starts[attempt].count(" iteration ") >= iterations:
+            return
         if time.monotonic() > deadline:
-            stuck(proc, seen, f"{iterations} progress lines in {log} (120 s)")
+            stuck(proc, seen, f"{iterations} progress lines of start {attempt} in {log} (120 s)")
         time.sleep(0.1)
 
 
@@ -230,7 +235,7 @@ def test_a_sweep_on_slurm_fails_a_job_past_its_requeues_and_one_killed_for_memor
         lines = running(proc, 1)
         timed = slurm_id(lines, 0)
         for attempt in range(2):  # requeued once (max_num_timeout=1), then it fails
-            ascending(proc, lines, tmp_path, timed)
+            ascending(proc, lines, tmp_path, timed, attempt + 1)
             warn_of_time_limit(timed)
             if attempt == 0:
                 lines += follow(proc, lambda line: line.startswith("slurm: job #0 running on"))
