@@ -104,8 +104,13 @@ def start(module: str, args: list, cwd: Path) -> subprocess.Popen:
                             env={**os.environ, "HYDRA_FULL_ERROR": "0", "MLFLOW_TRACKING_URI": ""})
 
 
+# 32 px block1_conv1 iterations take ~2.3 ms here (2-CPU Xeon), so a signal sent a tenth of the way
+# in lands seconds before the ascent's end (150 iterations left 0.3 s: a cancel came after the job finished)
+ITERS = 1200
+
+
 def sweep(args: list, cwd: Path) -> subprocess.Popen:
-    return start("filterviz", ["-m", *launcher(), "layer=block1_conv1", "iters=150", f"model.weights={WEIGHTS}",
+    return start("filterviz", ["-m", *launcher(), "layer=block1_conv1", f"iters={ITERS}", f"model.weights={WEIGHTS}",
                                *args], cwd)
 
 
@@ -120,8 +125,7 @@ def running(proc: subprocess.Popen, jobs: int) -> List[str]:
 
 def ascending(proc: subprocess.Popen, seen: List[str], cwd: Path, slurm_job: str, attempt: int = 1,
               iterations: int = 2) -> None:
-    """Until the job's log has `iterations` progress lines in its `attempt`-th start: mid-ascent (of
-    150). A requeued job appends to its log: until its new start is written there, the lines of the
+    """Until the job's log has `iterations` progress lines in its `attempt`-th start: mid-ascent. A requeued job appends to its log: until its new start is written there, the lines of the
     one before are not this one's (a signal sent then, before Python's handlers, kills it outright)."""
     [log] = cwd.glob(f"multirun/*/*/.submitit/{slurm_job}") or [cwd]
     log = log / f"{slurm_job}_0_log.out"
@@ -210,7 +214,7 @@ def test_a_sweep_on_slurm_requeues_a_job_warned_of_its_time_limit_and_reports_a_
     local = client.download_artifacts(killed.info.run_id, "", str(tmp_path / "killed"))
     activations = np.load(f"{local}/activations.npy")
     computed = int(np.isfinite(activations[0]).sum())
-    assert 0 < computed < 150, "stopped mid-ascent"
+    assert 0 < computed < ITERS, "stopped mid-ascent"
     kept = sorted(client.get_metric_history(killed.info.run_id, "activation/block1_conv1/f0000"), key=lambda m: m.step)
     assert [m.step for m in kept] == list(range(computed)), "every point computed, none twice"
     np.testing.assert_allclose(kept[-1].value, activations[0, computed - 1], rtol=1e-6)
