@@ -1,14 +1,19 @@
 """filterviz: see what the filters of a convolutional network respond to.
 
-`filterviz.render(model, layer=..., filters=..., **settings)` runs the command's job from Python
-(filterviz/api.py); imported on first use, so `import filterviz` stays light.
+`filterviz.render(model, layer=..., filters=..., **settings)` runs the command's job from Python,
+`filterviz.atlas(model, ...)` the atlas command's (filterviz/api.py); imported on first use, so
+`import filterviz` stays light.
 """
 
 __version__ = "0.1.0"
 
 
 def __getattr__(name):
-    if name in ("render", "Render"):
+    if name == "atlas":  # the package, callable (filterviz/atlas/__init__.py)
+        import filterviz.atlas
+
+        return filterviz.atlas
+    if name in ("render", "Render", "Atlas"):
         from filterviz import api
 
         return getattr(api, name)

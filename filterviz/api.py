@@ -1,9 +1,11 @@
-"""`filterviz.render(model, layer=..., filters=..., **settings)`: the command's job, from Python.
+"""`filterviz.render(model, layer=..., filters=..., **settings)` and `filterviz.atlas(model, ...)`:
+the commands' jobs, from Python.
 
 The settings are the command line's keys, presets and groups (`experiment="maco"`, `iters=128`,
 `param={"decay": 1.5}`), composed by Hydra's compose API onto the same config and schema, so the
 defaults, presets and checks are the command's, and a wrong one raises the same one-line
-`ConfigError`. The run is `job.run`, as `python -m filterviz` runs it, into the same store.
+`ConfigError`. A render is `job.run`, as `python -m filterviz` runs it, into the same store; an
+atlas is the atlas command's Hydra multirun (its sweeper, launcher and jobs), run in this process.
 
 `model` is an application's name (`"vgg16"`), a `.keras` file, an MLflow model URI
 (`models:/name/3`, `runs:/<id>/model`, in the run's store), or a `keras.Model` in memory,
@@ -16,15 +18,17 @@ import io
 import os
 import shlex
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
 
 from filterviz.errors import ConfigError, Stopped
 
 MODEL_FILE = "model.keras"  # an in-memory model, saved beside the run's results
+MEMORY_MODELS = "multirun/atlas/models"  # an in-memory atlas's network, by fingerprint: the same one resumes
 
 
 @dataclass
@@ -95,9 +99,11 @@ def overrides_for(settings: Dict[str, Any], prefix: str = "") -> List[str]:
     return overrides
 
 
-def compose(overrides: List[str]):
-    """The config `python -m filterviz <overrides>` runs with; a wrong override is one ConfigError."""
-    from hydra import compose as hydra_compose, initialize_config_module
+@contextmanager
+def hydra_app(overrides: List[str]) -> Iterator[Any]:
+    """Hydra initialised on the command's config (its `Hydra`, to compose or run a multirun
+    with), for `overrides`; a wrong override is the command's one line, as a ConfigError."""
+    from hydra import initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
@@ -112,15 +118,47 @@ def compose(overrides: List[str]):
     GlobalHydra.instance().clear()  # a notebook calls again and again
     try:
         with initialize_config_module(version_base="1.3", config_module="filterviz.conf"):
-            cfg = hydra_compose("config", overrides=overrides)
-        from omegaconf import OmegaConf
-
-        OmegaConf.resolve(cfg)  # a wrong value fails here, as the command fails before it runs
+            yield GlobalHydra.instance().hydra
     except (HydraException, OmegaConfBaseException) as e:
         said = " ".join(str(e).split())
         cause = e.__cause__ and " ".join(str(e.__cause__).split("\n")[0].split())
         raise ConfigError(f"{said}: {cause}" if cause and cause not in said else said) from None
+
+
+def compose(overrides: List[str]):
+    """The config `python -m filterviz <overrides>` runs with; a wrong override is one ConfigError."""
+    from hydra import compose as hydra_compose
+    from omegaconf import OmegaConf
+
+    with hydra_app(overrides):
+        cfg = hydra_compose("config", overrides=overrides)
+        OmegaConf.resolve(cfg)  # a wrong value fails here, as the command fails before it runs
     return cfg
+
+
+def model_overrides(model: Any, save_as: Callable[[Any], Path]) -> List[str]:
+    """The command line's model keys for `model`; a keras.Model is saved first, where `save_as` says."""
+    import keras
+
+    from filterviz.core.models import MLFLOW_URIS
+
+    if isinstance(model, keras.Model):
+        path = save_as(model)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        model.save(path)
+        return ["model=file", f"model.path={path}", "model.weights=null"]
+    if isinstance(model, str) and model.startswith(MLFLOW_URIS):  # a model logged with MLflow
+        return ["model=file", f"model.path={model}", "model.weights=null"]
+    if isinstance(model, (str, os.PathLike)) and str(model).endswith(".keras"):
+        return ["model=file", f"model.path={Path(model).resolve()}", "model.weights=null"]
+    if isinstance(model, str):
+        return [f"model={model}"]
+    raise ConfigError(f"model={type(model).__name__}: pass a keras.Model, an application's name (vgg16), "
+                      "a .keras file or an MLflow model URI")
+
+
+def tracking_overrides(tracking: Optional[str]) -> List[str]:
+    return ["tracking=off"] if tracking == "off" else [f"tracking.uri={tracking}"] if tracking else []
 
 
 def render(model: Any = "vgg16", *, layer: Optional[str] = None, filters: Any = 0,
@@ -130,33 +168,15 @@ def render(model: Any = "vgg16", *, layer: Optional[str] = None, filters: Any = 
     `tracking`: "off" records nothing, else a store URI (default: the command's store);
     `output_dir` defaults to outputs/<date>/<time>; `overrides`: more of the command line's
     `key=value` as they are written there (e.g. "model.preprocess=tf")."""
-    import keras
-
     from filterviz import job
     from filterviz.console import import_tensorflow_quietly
     from filterviz.stops import stop_on_signals
 
     import_tensorflow_quietly()
-    from filterviz.core.models import MLFLOW_URIS
-
     out = Path(output_dir or Path("outputs", time.strftime("%Y-%m-%d"), time.strftime("%H-%M-%S"))).resolve()
     given = overrides_for({"layer": layer, "filters": filters} if layer else {"filters": filters})
-    if isinstance(model, keras.Model):
-        (out / "results").mkdir(parents=True, exist_ok=True)
-        path = out / "results" / MODEL_FILE
-        model.save(path)
-        model_overrides = ["model=file", f"model.path={path}", "model.weights=null"]
-    elif isinstance(model, str) and model.startswith(MLFLOW_URIS):  # a model logged with MLflow
-        model_overrides = ["model=file", f"model.path={model}", "model.weights=null"]
-    elif isinstance(model, (str, os.PathLike)) and str(model).endswith(".keras"):
-        model_overrides = ["model=file", f"model.path={Path(model).resolve()}", "model.weights=null"]
-    elif isinstance(model, str):
-        model_overrides = [f"model={model}"]
-    else:
-        raise ConfigError(f"model={type(model).__name__}: pass a keras.Model, an application's name (vgg16) or "
-                          "a .keras file")
-    overrides = [*model_overrides, *given, *overrides_for(settings), *overrides,
-                 *(["tracking=off"] if tracking == "off" else [f"tracking.uri={tracking}"] if tracking else [])]
+    overrides = [*model_overrides(model, lambda _: out / "results" / MODEL_FILE), *given,
+                 *overrides_for(settings), *overrides, *tracking_overrides(tracking)]
     cfg = compose(overrides)
     command = shlex.join(["python", "-m", "filterviz", *overrides])
     try:
@@ -176,3 +196,96 @@ def _read(results: Path, figures: Dict[str, float], run_id, run_url, title: str,
     filters = [int(f) for f in np.load(results / "filters.npy")]
     losses = np.load(results / "losses.npy")
     return Render(images, filters, figures, results, run_id, run_url, complete, title, losses)
+
+
+@dataclass
+class Atlas:
+    """What `atlas` made: its page, its parent run, and per layer the filters as the page shows
+    them (picture file, figures, run, the command that redoes it); `failed`: jobs to run again."""
+
+    page: Path
+    run_id: str
+    run_url: Optional[str]
+    layers: List[dict]
+    failed: List[str]
+
+    def pictures(self, layer: str) -> np.ndarray:
+        """A layer's pictures, in filter order, as the page shows them (n, size, size, 3|4) in [0, 1]."""
+        import matplotlib.image
+
+        [found] = [entry for entry in self.layers if entry["name"] == layer] or [None]
+        if found is None:
+            raise ConfigError(f"the atlas has no layer {layer!r}: it has {', '.join(l['name'] for l in self.layers)}")
+        return np.stack([matplotlib.image.imread(self.page.parent / f["picture"]) for f in found["filters"]])
+
+    def grid(self, per_layer: int = 8):
+        """The first `per_layer` pictures of every layer, a row each, titled with the filter."""
+        import matplotlib.pyplot as plt
+
+        rows = [layer for layer in self.layers if layer["filters"]]
+        cols = max([min(per_layer, len(layer["filters"])) for layer in rows] or [1])
+        fig, axes = plt.subplots(max(1, len(rows)), cols, figsize=(1.4 * cols, 1.6 * max(1, len(rows))), squeeze=False)
+        for ax in axes.flat:
+            ax.axis("off")
+        for row, layer in zip(axes, rows):
+            for ax, image, f in zip(row, self.pictures(layer["name"])[:per_layer], layer["filters"]):
+                ax.imshow(image)
+                ax.set_title(f"{layer['name']} f{f['filter']}" if ax is row[0] else f"f{f['filter']}", fontsize=7)
+        fig.tight_layout()
+        return fig
+
+    def _repr_html_(self) -> str:
+        """Jupyter's view: a line per layer (filters done, a strip of pictures) and the links."""
+        rows = []
+        for layer in self.layers:
+            strip = "".join(f'<img src="data:image/png;base64,{_base64(self.page.parent / f["picture"])}" '
+                            f'title="f{f["filter"]}" style="width:40px;image-rendering:pixelated"/>'
+                            for f in layer["filters"][:12])
+            rows.append(f"<tr><td><code>{layer['name']}</code></td><td>{layer['done']}/{layer['n_filters']}</td>"
+                        f"<td>{strip}</td></tr>")
+        failed = f"<p>{len(self.failed)} job(s) failed: the same call again redoes them</p>" if self.failed else ""
+        return (f'<div class="filterviz"><table>{"".join(rows)}</table>{failed}'
+                f'<p><a href="{self.page.as_uri()}">the atlas page</a> · '
+                f'<a href="{self.run_url}">MLflow run {self.run_id}</a></p></div>')
+
+
+def _base64(path: Path) -> str:
+    return base64.b64encode(path.read_bytes()).decode()
+
+
+def atlas(model: Any = "vgg16", *, layers: Any = None, per_layer: Optional[int] = None,
+          tracking: Optional[str] = None, overrides: Sequence[str] = (), **settings) -> Atlas:
+    """Every filter of `model` (or of `layers`: names, patterns), as `python -m filterviz.atlas`
+    makes it: the same sweeper, launcher, jobs and store, so the same call again resumes it and the
+    command resumes what the call began. `per_layer`: the first N filters of each layer; the other
+    settings are the command's (`iters=64`, `atlas={"chunk": 8}`, `hydra={"launcher": ...}` is
+    `overrides=["hydra/launcher=joblib"]`). A keras.Model is saved once per network, by its
+    fingerprint, under multirun/atlas/models/, and its atlas keeps a copy (reproducible by run id)."""
+    from hydra.core.plugins import Plugins
+
+    from filterviz.__main__ import task
+    from filterviz.atlas.__main__ import atlas_argv
+    from filterviz.console import import_tensorflow_quietly
+    from filterviz.recording import sweep
+    from filterviz.stops import stop_on_signals
+    from hydra_plugins.filterviz_atlas.atlas_sweeper import AtlasSweeper
+
+    import_tensorflow_quietly()
+    from filterviz.core.models import fingerprint
+
+    atlas_keys = {k: v for k, v in {"layers": layers, "per_layer": per_layer}.items() if v is not None}
+    given = [*model_overrides(model, lambda m: Path(MEMORY_MODELS, f"{fingerprint(m)}.keras").resolve()),
+             *overrides_for(settings), *overrides_for(atlas_keys, "atlas."), *overrides,
+             *tracking_overrides(tracking)]
+    Plugins.instance().register(AtlasSweeper)
+    AtlasSweeper.raise_errors = True
+    try:
+        with stop_on_signals(), hydra_app(given) as hydra:
+            # what `--multirun` on the command line becomes (hydra/_internal/utils.py)
+            argv = [a for a in atlas_argv(given) if a != "--multirun"] + ["hydra.mode=MULTIRUN"]
+            return Atlas(**vars(hydra.multirun("config", task, argv)))
+    except Stopped as stop:
+        sweep.end_stopped_sweep(stop)  # the atlas's parent run ends KILLED; its finished jobs stay done
+        raise KeyboardInterrupt(f"{stop}: the atlas ends KILLED; the same call again resumes it") from None
+    finally:
+        AtlasSweeper.raise_errors = False

@@ -16,6 +16,7 @@ from typing import List
 
 import numpy as np
 import yaml
+from mlflow.entities import Run
 
 from filterviz.errors import ConfigError
 from filterviz.recording import provenance, tracking
@@ -36,13 +37,17 @@ def changed_versions(logged_tags: dict, now: dict) -> List[str]:
             for key, value in now.items() if key in logged_tags and logged_tags[key] != value]
 
 
-def _saved_model(client, run_id: str, path: str, tmp: str) -> str:
+def _saved_model(client, run: Run, path: str, tmp: str) -> str:
     """The network a run was made of, when its file is gone: the copy the run logged (an
-    in-memory model from the Python API is saved with the results, filterviz/api.py)."""
-    try:
-        return client.download_artifacts(run_id, Path(path).name, tmp)
-    except Exception:
-        raise ConfigError(f"run {run_id}'s model file {path} is gone and the run holds no copy of it") from None
+    in-memory model from the Python API is saved with the results, filterviz/api.py), or the one
+    its atlas logged once for all its jobs (filterviz/atlas/build.py)."""
+    parent = run.data.tags.get("mlflow.parentRunId")
+    for holder in [run.info.run_id, *([parent] if parent else [])]:
+        try:
+            return client.download_artifacts(holder, Path(path).name, tmp)
+        except Exception:
+            continue
+    raise ConfigError(f"run {run.info.run_id}'s model file {path} is gone and the run holds no copy of it")
 
 
 def main(argv: List[str] = None) -> int:
@@ -69,7 +74,7 @@ def reproduce(run_id: str, tracking_uri: str = None) -> int:
             raise ConfigError(f"run {run_id} has no {CONFIG_ARTIFACT} and images.npy to reproduce from") from None
         model = recorded.get("model", {})
         if model.get("name") == "file" and model.get("path") and not Path(model["path"]).is_file():
-            model["path"] = _saved_model(client, run_id, model["path"], tmp)
+            model["path"] = _saved_model(client, run, model["path"], tmp)
         for change in changed_versions(run.data.tags, provenance.code_versions()):
             print(f"warning: {change}; the images may differ", file=sys.stderr)
         (Path(tmp) / "replay.yaml").write_text(

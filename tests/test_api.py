@@ -113,3 +113,42 @@ def test_a_model_logged_with_mlflow_is_rendered_by_its_models_uri(tmp_path):
     assert run.data.tags["filterviz.model_fingerprint"] == fingerprint(in_memory_model()), "the very network"
     with pytest.raises(ConfigError, match=r"could not fetch the MLflow model models:/notebook_net/9 from sqlite"):
         filterviz.render("models:/notebook_net/9", tracking=uri, output_dir=tmp_path / "bad", **SETTINGS)
+
+
+def test_the_atlas_of_an_in_memory_model_covers_every_kind_resumes_and_each_picture_reproduces(tmp_path,
+                                                                                              monkeypatch):
+    import filterviz.atlas.build  # noqa: F401 (the package imported: filterviz.atlas is still the call)
+    import filterviz
+    from filterviz.core.models import fingerprint
+    from test_models import CONVOLUTIONS, mixed_model
+
+    monkeypatch.chdir(tmp_path)  # a notebook's folder
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    model = mixed_model()
+    kinds = [*CONVOLUTIONS, "add", "relu"]  # every convolution kind, a residual sum, an activation
+    settings = dict(layers=kinds, per_layer=2, experiment="seed", iters=4, input_size=24, tracking=uri)
+    made = filterviz.atlas(model, **settings)
+    assert [(layer["name"], [f["filter"] for f in layer["filters"]]) for layer in made.layers] == [
+        (name, [0, 1]) for name in kinds] and not made.failed
+    assert made.page.is_file() and made.pictures("separable").shape[:3] == (2, 24, 24)
+    html = made._repr_html_()
+    assert html.count("<img src=\"data:image/png;base64,") == 2 * len(kinds) and made.run_id in html
+    client = MlflowClient(tracking_uri=uri)
+    parent = client.get_run(made.run_id)
+    assert parent.info.status == "FINISHED" and parent.data.params["atlas.layers"] == ",".join(kinds)
+    # the network was saved once, by its fingerprint, and its atlas keeps a copy
+    [saved] = (tmp_path / "multirun" / "atlas" / "models").iterdir()
+    assert saved.name == f"{fingerprint(model)}.keras"
+    assert saved.name in {a.path for a in client.list_artifacts(made.run_id)}
+
+    assert filterviz.atlas(model, **settings).run_id == made.run_id, "the same call resumes the same atlas"
+    with pytest.raises(ConfigError, match="atlas.layers: 'nope' matches no convolution of this model; its "
+                                          "convolutions are conv, depthwise"):
+        filterviz.atlas(model, **{**settings, "layers": "nope"})
+
+    saved.unlink()  # the kernel and the file are gone: a picture reproduces from the atlas's copy
+    picture = made.layers[kinds.index("add")]["filters"][1]
+    proc = subprocess.run([sys.executable, "-m", "filterviz.reproduce", picture["run_id"], "--tracking-uri", uri],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=280)
+    assert proc.returncode == 0, proc.stderr
+    assert f"reproduces {picture['run_id']} bit for bit" in proc.stdout

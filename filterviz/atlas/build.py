@@ -8,6 +8,7 @@ end gathers every job's pictures and figures into the atlas page, logged to the 
 import shlex
 import sys
 import time
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Callable, List, Sequence
@@ -25,13 +26,25 @@ Launch = Callable[[List[List[str]], int], object]
 SITE = "atlas"  # the page's folder in the sweep folder and in the parent run's artifacts
 
 
+@dataclass
+class Built:
+    """What an atlas command made: its page, its parent run, its layers as the page shows them
+    (each filter's picture, figures, run and command), and the jobs that failed (to run again)."""
+
+    page: Path
+    run_id: str
+    run_url: str
+    layers: List[dict]
+    failed: List[str]
+
+
 def user_overrides(arguments: Sequence[str]) -> List[str]:
     """The command line's settings, without the atlas's own keys or Hydra's."""
     return [a for a in arguments if settings.is_setting(settings.override_key(a))
             and settings.override_key(a) not in ("layer", "filters")]
 
 
-def make_atlas(config: DictConfig, arguments: Sequence[str], launch: Launch, batch: int) -> None:
+def make_atlas(config: DictConfig, arguments: Sequence[str], launch: Launch, batch: int) -> Built:
     cfg = config
     if not cfg.tracking.enabled:
         raise ConfigError("the atlas resumes from its MLflow store: it needs tracking (not tracking=off)")
@@ -54,6 +67,7 @@ def make_atlas(config: DictConfig, arguments: Sequence[str], launch: Launch, bat
     parent, resumed = record.open_parent(tracker, atlas_id, name,
                                          {**picture, "atlas.layers": ",".join(l.name for l in layers)},
                                          provenance.provenance_tags(command))
+    keep_model_file(tracker, parent, cfg.model)
     sweep_dir = Path(cfg.hydra.sweep.dir)
     sweep_dir.mkdir(parents=True, exist_ok=True)
     # jobs find their parent in the sweep folder; a stop signal ends it KILLED
@@ -105,7 +119,18 @@ def make_atlas(config: DictConfig, arguments: Sequence[str], launch: Launch, bat
         print(f"error: {len(failed)} job(s) of the atlas failed (run the same command again to redo them):",
               file=sys.stderr)
         print("\n".join(failed), file=sys.stderr)
-        sys.exit(1)
+    return Built(index.resolve(), parent, tracker.run_url(parent), layers_data, failed)
+
+
+def keep_model_file(tracker: tracking.Tracker, parent: str, model: DictConfig) -> None:
+    """A model file's copy in the atlas's parent run, once: every picture stays reproducible
+    (python -m filterviz.reproduce looks there) after the file is moved, changed or, for a model
+    the Python API saved from memory, deleted."""
+    if model.name != "file" or not model.path or str(model.path).startswith(models.MLFLOW_URIS):
+        return
+    name = Path(model.path).name
+    if name not in {a.path for a in tracker.client.list_artifacts(parent)}:
+        tracker.client.log_artifact(parent, str(model.path))
 
 
 def _eta(warm, spent: float, left: float) -> str:

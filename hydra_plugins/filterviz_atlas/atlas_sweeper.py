@@ -15,6 +15,10 @@ from omegaconf import DictConfig
 
 
 class AtlasSweeper(Sweeper):
+    # The command prints a ConfigError as one line and exits 1, as it does a failed job; the Python
+    # API (filterviz.atlas) sets this to take the error as an exception and the failures as a result.
+    raise_errors = False
+
     def __init__(self, batch: Optional[int] = None):
         self.batch = batch  # jobs handed to the launcher at once; null: as many as it runs in parallel
 
@@ -31,10 +35,15 @@ class AtlasSweeper(Sweeper):
         from filterviz.errors import ConfigError
 
         try:
-            make_atlas(self.config, arguments, self.launcher.launch, self.batch or self._parallel())
+            built = make_atlas(self.config, arguments, self.launcher.launch, self.batch or self._parallel())
         except ConfigError as e:  # bad input: one line, not Hydra's report
+            if self.raise_errors:
+                raise
             print(f"error: {e}", file=sys.stderr)
             sys.exit(1)
+        if built.failed and not self.raise_errors:
+            sys.exit(1)
+        return built
 
     def _parallel(self) -> int:
         """How many jobs the configured launcher runs at once (1 in-process)."""
