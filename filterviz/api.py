@@ -200,7 +200,7 @@ def _read(results: Path, figures: Dict[str, float], run_id, run_url, title: str,
 
 @dataclass
 class Atlas:
-    """What `atlas` made: its page, its parent run, and per layer the filters as the page shows
+    """What an atlas (`atlas`, or the command) made: its page, its parent run, and per layer the filters as the page shows
     them (picture file, figures, run, the command that redoes it); `failed`: jobs to run again."""
 
     page: Path
@@ -283,7 +283,7 @@ def atlas(model: Any = "vgg16", *, layers: Any = None, per_layer: Optional[int] 
         with stop_on_signals(), hydra_app(given) as hydra:
             # what `--multirun` on the command line becomes (hydra/_internal/utils.py)
             argv = [a for a in atlas_argv(given) if a != "--multirun"] + ["hydra.mode=MULTIRUN"]
-            return Atlas(**vars(hydra.multirun("config", task, argv)))
+            return hydra.multirun("config", task, argv)  # filterviz/atlas/build.py makes the Atlas
     except Stopped as stop:
         sweep.end_stopped_sweep(stop)  # the atlas's parent run ends KILLED; its finished jobs stay done
         raise KeyboardInterrupt(f"{stop}: the atlas ends KILLED; the same call again resumes it") from None

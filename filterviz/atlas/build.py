@@ -8,13 +8,13 @@ end gathers every job's pictures and figures into the atlas page, logged to the 
 import shlex
 import sys
 import time
-from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Callable, List, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
+from filterviz.api import Atlas
 from filterviz.atlas import plan, record
 from filterviz.core import models
 from filterviz.errors import ConfigError
@@ -26,25 +26,13 @@ Launch = Callable[[List[List[str]], int], object]
 SITE = "atlas"  # the page's folder in the sweep folder and in the parent run's artifacts
 
 
-@dataclass
-class Built:
-    """What an atlas command made: its page, its parent run, its layers as the page shows them
-    (each filter's picture, figures, run and command), and the jobs that failed (to run again)."""
-
-    page: Path
-    run_id: str
-    run_url: str
-    layers: List[dict]
-    failed: List[str]
-
-
 def user_overrides(arguments: Sequence[str]) -> List[str]:
     """The command line's settings, without the atlas's own keys or Hydra's."""
     return [a for a in arguments if settings.is_setting(settings.override_key(a))
             and settings.override_key(a) not in ("layer", "filters")]
 
 
-def make_atlas(config: DictConfig, arguments: Sequence[str], launch: Launch, batch: int) -> Built:
+def make_atlas(config: DictConfig, arguments: Sequence[str], launch: Launch, batch: int) -> Atlas:
     cfg = config
     if not cfg.tracking.enabled:
         raise ConfigError("the atlas resumes from its MLflow store: it needs tracking (not tracking=off)")
@@ -119,7 +107,7 @@ def make_atlas(config: DictConfig, arguments: Sequence[str], launch: Launch, bat
         print(f"error: {len(failed)} job(s) of the atlas failed (run the same command again to redo them):",
               file=sys.stderr)
         print("\n".join(failed), file=sys.stderr)
-    return Built(index.resolve(), parent, tracker.run_url(parent), layers_data, failed)
+    return Atlas(index.resolve(), parent, tracker.run_url(parent), layers_data, failed)
 
 
 def keep_model_file(tracker: tracking.Tracker, parent: str, model: DictConfig) -> None:

@@ -8,7 +8,7 @@ the sharding. Memory is k entries a channel, whatever the number of images.
 
 Reading is tf.data: file names listed once (sorted, so an image's number is stable), decoded
 in parallel, resized to the model's input and preprocessed in the graph, prefetched. A file
-that cannot be decoded is skipped and counted.
+that cannot be decoded is skipped: its number is missing from the numbers the batches carry.
 """
 
 import os

@@ -54,7 +54,7 @@ class Field:
     rows: Axis
     cols: Axis
     whole: bool = False  # a (batch, units) layer: every unit sees the whole picture
-    # the graph below the layer, for `seen`: (layer, input tensor ids, output tensor ids) in order,
+    # the graph below the layer, for `seen`: (layer, its config, input tensor ids, output tensor ids) in order,
     # each tensor's (rows, cols) axes, the layer's output tensor's id and the model's input's
     steps: tuple = ()
     axes: dict = None
@@ -75,13 +75,13 @@ class Field:
         if self.whole:
             return 0, 0, size - 1, size - 1
         wanted = {self.output: tuple(_units(self.axes[self.output][a].length, u) for a, u in ((0, y), (1, x)))}
-        for layer, ins, outs in reversed(self.steps):
+        for layer, config, ins, outs in reversed(self.steps):
             masks = [wanted.pop(o) for o in outs if o in wanted]
             if not masks:
                 continue
             out = tuple(np.logical_or.reduce([m[a] for m in masks]) for a in (0, 1))
             for tensor in ins:
-                below = tuple(_back(layer, out[a], self.axes[tensor][a].length, a) for a in (0, 1))
+                below = tuple(_back(layer, config, out[a], self.axes[tensor][a].length, a) for a in (0, 1))
                 if not all(m.any() for m in below):
                     continue  # this input contributes only padding
                 wanted[tensor] = tuple(wanted[tensor][a] | below[a] for a in (0, 1)) if tensor in wanted else below
@@ -111,10 +111,12 @@ def receptive_field(model: keras.Model, layer_name: str, input_size: int) -> Fie
             inputs = [fields.get(id(t)) for t in node.input_tensors]
             if not inputs or any(f is None for f in inputs):
                 continue  # a node of another model that uses this layer
-            out = _through(layer, inputs)
+            config = layer.get_config() if not isinstance(layer, keras.layers.InputLayer) else {}
+            out = _through(layer, config, inputs)
             for tensor in node.output_tensors:
                 fields[id(tensor)] = out
-            steps.append((layer, tuple(id(t) for t in node.input_tensors), tuple(id(t) for t in node.output_tensors)))
+            steps.append((layer, config, tuple(id(t) for t in node.input_tensors),
+                          tuple(id(t) for t in node.output_tensors)))
         if layer is target:
             rows, cols = fields[id(target.output)]
             return Field(rows, cols, steps=tuple(steps), axes=fields, output=id(target.output),
@@ -128,22 +130,17 @@ def _units(length: int, *which: int) -> np.ndarray:
     return mask
 
 
-def _back(layer, wanted: np.ndarray, length: int, axis: int) -> np.ndarray:
+def _back(layer, config: dict, wanted: np.ndarray, length: int, axis: int) -> np.ndarray:
     """Which units of the layer's input (of `length`) its `wanted` output units read, padding left out.
     Sets, not ranges: a dilated kernel reads every d-th unit, and near a border that decides."""
     out = np.flatnonzero(wanted)
-    config = layer.get_config() if not isinstance(layer, keras.layers.InputLayer) else {}
     if isinstance(layer, CONVOLUTIONS) or isinstance(layer, POOLINGS):
-        k = (config.get("kernel_size") or config["pool_size"])[axis]
-        s = (config.get("strides") or config.get("kernel_size") or config["pool_size"])[axis]
-        d = config.get("dilation_rate", (1, 1))[axis]
-        pad = 0 if config["padding"] == "valid" else max((-(-length // s) - 1) * s + d * (k - 1) + 1 - length, 0) // 2
-        read = (out[:, None] * s - pad + np.arange(k)[None, :] * d).ravel()
+        w = _windows(config)[axis]
+        read = (out[:, None] * w.s - w.pad(length) + np.arange(w.k)[None, :] * w.d).ravel()
     elif isinstance(layer, keras.layers.Conv2DTranspose):  # o = i s - pad + t d
-        k, s, d = config["kernel_size"][axis], config["strides"][axis], config["dilation_rate"][axis]
-        pad = 0 if config["padding"] == "valid" else max(d * (k - 1) + 1 - s, 0) // 2
-        taps = (out[:, None] + pad - np.arange(k)[None, :] * d).ravel()
-        read = taps[taps % s == 0] // s
+        w = _windows(config)[axis]
+        taps = (out[:, None] + w.transposed_pad() - np.arange(w.k)[None, :] * w.d).ravel()
+        read = taps[taps % w.s == 0] // w.s
     elif isinstance(layer, keras.layers.ZeroPadding2D):
         read = out - config["padding"][axis][0]
     elif isinstance(layer, keras.layers.Cropping2D):
@@ -157,20 +154,48 @@ def _back(layer, wanted: np.ndarray, length: int, axis: int) -> np.ndarray:
     return _units(length, *read[(read >= 0) & (read < length)])
 
 
-def _through(layer, inputs: List[Tuple[Axis, Axis]]) -> Tuple[Axis, Axis]:
+@dataclass(frozen=True)
+class Window:
+    """One axis of a convolution's or pooling's window: kernel k, stride s, dilation d."""
+
+    k: int
+    s: int
+    d: int
+    same: bool  # padding="same", else "valid"
+
+    @property
+    def extent(self) -> int:
+        return self.d * (self.k - 1) + 1
+
+    def length(self, length: int) -> int:
+        """The output's length for an input of `length`."""
+        return -(-length // self.s) if self.same else (length - self.extent) // self.s + 1
+
+    def pad(self, length: int) -> int:
+        """The padding before an input of `length`: "same" pads the total a whole number of strides
+        needs, the smaller half first (TensorFlow's rule)."""
+        return max((self.length(length) - 1) * self.s + self.extent - length, 0) // 2 if self.same else 0
+
+    def transposed_pad(self) -> int:
+        """The same, for a transposed convolution (the forward convolution it is the gradient of)."""
+        return max(self.extent - self.s, 0) // 2 if self.same else 0
+
+
+def _windows(config: dict) -> Tuple[Window, Window]:
+    kernel = config.get("kernel_size") or config["pool_size"]
+    strides = config.get("strides") or kernel
+    dilation = config.get("dilation_rate") or (1, 1)
+    return tuple(Window(k, s, d, config["padding"] == "same") for k, s, d in zip(kernel, strides, dilation))
+
+
+def _through(layer, config: dict, inputs: List[Tuple[Axis, Axis]]) -> Tuple[Axis, Axis]:
     if len(inputs) > 1:  # a merge: the union of what its inputs see
         return tuple(_union([f[axis] for f in inputs], layer) for axis in (0, 1))
-    (rows, cols), config = inputs[0], layer.get_config()
+    rows, cols = inputs[0]
     if isinstance(layer, CONVOLUTIONS) or isinstance(layer, POOLINGS):
-        kernel = config.get("kernel_size") or config["pool_size"]
-        strides = config.get("strides") or kernel
-        dilation = config.get("dilation_rate", (1, 1))
-        return tuple(_window(axis, k, s, d, config["padding"])
-                     for axis, k, s, d in zip((rows, cols), kernel, strides, dilation))
+        return tuple(_window(a, w) for a, w in zip((rows, cols), _windows(config)))
     if isinstance(layer, keras.layers.Conv2DTranspose):
-        return tuple(_transposed(axis, k, s, d, config["padding"])
-                     for axis, k, s, d in zip((rows, cols), config["kernel_size"], config["strides"],
-                                              config["dilation_rate"]))
+        return tuple(_transposed(a, w) for a, w in zip((rows, cols), _windows(config)))
     if isinstance(layer, keras.layers.ZeroPadding2D):
         return tuple(Axis(a.jump, a.lo - before * a.jump, a.hi - before * a.jump, a.length + before + after)
                      for a, (before, after) in zip((rows, cols), config["padding"]))
@@ -186,25 +211,19 @@ def _through(layer, inputs: List[Tuple[Axis, Axis]]) -> Tuple[Axis, Axis]:
                       "it changes the picture's geometry in a way filterviz does not know")
 
 
-def _window(axis: Axis, k: int, s: int, d: int, padding: str) -> Axis:
-    extent = d * (k - 1) + 1
-    if padding == "valid":
-        length, pad = (axis.length - extent) // s + 1, 0
-    else:  # "same": TensorFlow pads the total a whole number of strides needs, the smaller half first
-        length = -(-axis.length // s)
-        pad = max((length - 1) * s + extent - axis.length, 0) // 2
-    return Axis(axis.jump * s, axis.lo - pad * axis.jump, axis.hi + (extent - 1 - pad) * axis.jump, length)
+def _window(axis: Axis, w: Window) -> Axis:
+    pad = w.pad(axis.length)
+    return Axis(axis.jump * w.s, axis.lo - pad * axis.jump, axis.hi + (w.extent - 1 - pad) * axis.jump,
+                w.length(axis.length))
 
 
-def _transposed(axis: Axis, k: int, s: int, d: int, padding: str) -> Axis:
-    """Output o of a transposed convolution sums inputs i with o = i s - p + t, 0 <= t < extent."""
-    extent = d * (k - 1) + 1
-    if padding == "valid":
-        length, pad = (axis.length - 1) * s + extent, 0
-    else:
-        length, pad = axis.length * s, max(extent - s, 0) // 2
-    # i from (o + p - extent + 1) / s to (o + p) / s, in input units of the layer below
-    return Axis(axis.jump / s, axis.lo + (pad - extent + 1) / s * axis.jump, axis.hi + pad / s * axis.jump, length)
+def _transposed(axis: Axis, w: Window) -> Axis:
+    """Output o of a transposed convolution sums inputs i with o = i s - p + t, 0 <= t < extent:
+    i from (o + p - extent + 1) / s to (o + p) / s, in input units of the layer below."""
+    pad = w.transposed_pad()
+    length = axis.length * w.s if w.same else (axis.length - 1) * w.s + w.extent
+    return Axis(axis.jump / w.s, axis.lo + (pad - w.extent + 1) / w.s * axis.jump, axis.hi + pad / w.s * axis.jump,
+                length)
 
 
 def _union(axes: List[Axis], layer) -> Axis:
