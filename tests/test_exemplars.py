@@ -77,7 +77,7 @@ def test_one_pass_over_a_folder_finds_each_channels_top_images_and_skips_what_it
     layers = ["conv", "depthwise", "units"]
     seen = []
     found = scan(model, layers, dataset(files, range(len(files)), 24, 3, batch=4), k=3,
-                 after_batch=lambda found, numbers: seen.extend(numbers.tolist()))
+                 after_batch=lambda found, numbers, _: seen.extend(numbers.tolist()))
     assert seen == list(range(9)), "every readable image once, the broken one skipped"
     images = np.concatenate([batch for batch, _ in dataset(files[:9], range(9), 24, 3, batch=9)])
     for layer in layers:

@@ -26,6 +26,15 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif")  # what tf.io.decode_
 EMPTY = np.iinfo(np.int64).max  # the image number of a slot no image has filled yet: sorts last
 
 
+def spatial_maxima(activations: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """Per image and channel of (batch, height, width, channels) activations, the largest value
+    (NaN as -inf) and its flat position y * width + x (the first in row-major order): (batch, channels) each."""
+    batch, height, width, channels = activations.shape
+    flat = np.nan_to_num(activations.reshape(batch, height * width, channels).astype(np.float32), nan=-np.inf)
+    where = flat.argmax(axis=1)
+    return np.take_along_axis(flat, where[:, None, :], axis=1)[:, 0, :], where
+
+
 @dataclass
 class TopK:
     """Per channel (rows), the k strongest images (columns, strongest first): the activation's spatial
@@ -45,10 +54,12 @@ class TopK:
     @classmethod
     def of_batch(cls, activations: np.ndarray, images: np.ndarray, k: int) -> "TopK":
         """From one batch of activations (batch, height, width, channels) of images numbered `images`."""
-        batch, height, width, channels = activations.shape
-        flat = np.nan_to_num(activations.reshape(batch, height * width, channels).astype(np.float32), nan=-np.inf)
-        where = flat.argmax(axis=1)  # (batch, channels): the first maximum in row-major order
-        best = np.take_along_axis(flat, where[:, None, :], axis=1)[:, 0, :]
+        return cls.of_maxima(*spatial_maxima(activations), activations.shape[2], images, k)
+
+    @classmethod
+    def of_maxima(cls, best: np.ndarray, where: np.ndarray, width: int, images: np.ndarray, k: int) -> "TopK":
+        """From a batch's `spatial_maxima` of maps `width` wide, of images numbered `images`."""
+        batch, channels = best.shape
         found = cls(best.T, np.broadcast_to(np.asarray(images, np.int64)[None, :], (channels, batch)).copy(),
                     (where // width).T.astype(np.int32), (where % width).T.astype(np.int32))
         return cls.empty(channels, k).merge(found)
@@ -86,52 +97,154 @@ def image_files(folder: os.PathLike) -> List[Path]:
     return files
 
 
+JPEG_RATIOS = (8, 4, 2)  # libjpeg decodes straight to 1/8, 1/4 or 1/2 of the size, at that fraction of the work
+
+
+def decode(contents: tf.Tensor, channels: int, input_size: int) -> tf.Tensor:
+    """Any image file's bytes as `channels` 8-bit channels. A JPEG whose shorter side is many times
+    `input_size` is decoded at 1/2, 1/4 or 1/8 of its size, still at least twice `input_size` (a huge
+    photograph costs neither its full memory nor its full decode, and is resized down anyway)."""
+    def full():
+        return tf.io.decode_image(contents, channels=channels, dtype=tf.uint8, expand_animations=False)
+
+    def scaled(ratio):
+        return lambda: tf.io.decode_jpeg(contents, channels=channels, ratio=ratio)
+
+    def jpeg():
+        shorter = tf.reduce_min(tf.image.extract_jpeg_shape(contents)[:2])
+        branches = [(shorter >= 2 * input_size * r, scaled(r)) for r in JPEG_RATIOS]
+        return tf.case(branches, default=full, exclusive=False)
+
+    return tf.cond(tf.io.is_jpeg(contents), jpeg, full)
+
+
 def dataset(files: Sequence[Path], numbers: Sequence[int], input_size: int, channels: int, batch: int,
             preprocess: Optional[Callable] = None) -> tf.data.Dataset:
     """(images, numbers) batches: decoded in parallel (gray, alpha and 16-bit images to `channels` 8-bit
     channels), resized to `input_size` square, [0, 1], then `preprocess` (the model's, in the graph);
     an undecodable file is dropped (its number is then missing from the numbers seen)."""
     def load(path, number):
-        image = tf.io.decode_image(tf.io.read_file(path), channels=channels, dtype=tf.uint8, expand_animations=False)
+        image = decode(tf.io.read_file(path), channels, input_size)
         image = tf.image.resize(tf.cast(image, tf.float32) / 255.0, (input_size, input_size), antialias=True)
         return tf.clip_by_value(image, 0.0, 1.0), number
 
     data = tf.data.Dataset.from_tensor_slices(([str(f) for f in files], np.asarray(numbers, np.int64)))
     data = data.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    data = data.apply(tf.data.experimental.ignore_errors()).batch(batch)
+    data = data.ignore_errors().batch(batch)
     if preprocess is not None:
         data = data.map(lambda images, number: (preprocess(images), number), num_parallel_calls=tf.data.AUTOTUNE)
     return data.prefetch(tf.data.AUTOTUNE)
 
 
 def layers_model(model: keras.Model, layers: Sequence[str]) -> keras.Model:
-    """One model with every requested layer as an output, (batch, units) ones as (batch, 1, 1, units):
-    one forward pass a batch for all of them."""
-    outputs = []
-    for name in layers:
-        output = model.get_layer(name).output
-        outputs.append(keras.layers.Reshape((1, 1, output.shape[-1]))(output) if len(output.shape) == 2 else output)
-    return keras.Model(model.inputs, outputs)
+    """One model with every requested layer as an output, as a run cuts it (models.cut_at: a softmax
+    at its logits, (batch, units) as (batch, 1, 1, units)): one forward pass a batch for all of them."""
+    from filterviz.core.models import cut_at
+
+    return keras.Model(model.inputs, [cut_at(model, name).extractor.outputs[0] for name in layers])
+
+
+def forward_step(model: keras.Model, layers: Sequence[str]) -> Callable[[tf.Tensor], List[np.ndarray]]:
+    """A compiled forward pass to every layer: a batch in, each layer's activations out."""
+    forward = layers_model(model, layers)
+    step = tf.function(lambda images: forward(images, training=False), reduce_retracing=True)
+
+    def run(images) -> List[np.ndarray]:
+        outputs = step(images)
+        return [np.asarray(o) for o in (outputs if isinstance(outputs, (list, tuple)) else [outputs])]
+    return run
 
 
 def scan(model: keras.Model, layers: Sequence[str], batches: Iterable[Tuple[np.ndarray, np.ndarray]], k: int,
          found: Optional[Dict[str, TopK]] = None,
-         after_batch: Optional[Callable[[Dict[str, TopK], np.ndarray], None]] = None) -> Dict[str, TopK]:
+         after_batch: Optional[Callable[[Dict[str, TopK], np.ndarray, List[np.ndarray]], None]] = None
+         ) -> Dict[str, TopK]:
     """Per layer, the top k images of every channel over `batches`, merged into `found` (a resumed
-    pass's); `after_batch(found, numbers)` after each batch (progress, checkpoints)."""
-    forward = layers_model(model, layers)
-    step = tf.function(lambda images: forward(images, training=False), reduce_retracing=True)
+    pass's); `after_batch(found, numbers, activations)` after each batch (maxima, progress, checkpoints)."""
+    step = forward_step(model, layers)
     found = dict(found or {})
     for images, numbers in batches:
-        activations = step(images)
-        activations = activations if isinstance(activations, (list, tuple)) else [activations]
         numbers = np.asarray(numbers)
-        for name, output in zip(layers, activations):
-            batch = TopK.of_batch(np.asarray(output), numbers, k)
+        maxima = []
+        for name, output in zip(layers, step(images)):
+            best, where = spatial_maxima(output)
+            batch = TopK.of_maxima(best, where, output.shape[2], numbers, k)
             found[name] = found[name].merge(batch) if name in found else batch
+            maxima.append((best, where))
         if after_batch is not None:
-            after_batch(found, numbers)
+            after_batch(found, numbers, maxima)
     return found
+
+
+class Maxima:
+    """Every image's spatial maximum per channel of one layer, and where it is, for the quantiles:
+    on disk (values as float16, flat positions as uint32), a row per image of [start, stop), so
+    memory does not grow with the images. Rows are written at the image's place: a resumed pass
+    writes again what it computes again."""
+
+    READ_ROWS = 4096  # rows read at a time when picking
+
+    def __init__(self, folder: Path, layer: str, channels: int, start: int, stop: int):
+        self.channels, self.start, self.stop = channels, start, stop
+        self.paths = (Path(folder) / f"maxima-{layer}.f16", Path(folder) / f"where-{layer}.u32")
+        for path, dtype in zip(self.paths, (np.float16, np.uint32)):
+            size = (stop - start) * channels * np.dtype(dtype).itemsize
+            if not path.is_file() or path.stat().st_size != size:
+                with open(path, "wb") as f:
+                    f.truncate(size)  # sparse: no memory, no disk until written
+
+    def write(self, numbers: np.ndarray, best: np.ndarray, where: np.ndarray) -> None:
+        for path, rows in zip(self.paths, (best.astype(np.float16), where.astype(np.uint32))):
+            fd = os.open(path, os.O_WRONLY)
+            try:
+                for number, row in zip(numbers, rows):
+                    os.pwrite(fd, row.tobytes(), int(number - self.start) * row.nbytes)
+            finally:
+                os.close(fd)
+
+    def columns(self, c0: int, c1: int) -> Tuple[np.ndarray, np.ndarray]:
+        """Channels [c0, c1) of every row: (rows, c1 - c0) values (float32) and positions."""
+        out = []
+        for path, dtype in zip(self.paths, (np.float16, np.uint32)):
+            parts = []
+            with open(path, "rb") as f:
+                for row in range(0, self.stop - self.start, self.READ_ROWS):
+                    count = min(self.READ_ROWS, self.stop - self.start - row) * self.channels
+                    block = np.fromfile(f, dtype=dtype, count=count).reshape(-1, self.channels)
+                    parts.append(block[:, c0:c1].copy())
+            out.append(np.concatenate(parts) if parts else np.zeros((0, c1 - c0), dtype))
+        return out[0].astype(np.float32), out[1]
+
+
+def quantile_picks(parts: Sequence[Tuple[Maxima, np.ndarray]], quantiles: Sequence[float], width: int,
+                   budget: int = 64 << 20) -> Dict[float, TopK]:
+    """Per quantile q and channel, the image at that place among all images (`parts`: a layer's
+    Maxima of each shard, with the rows seen): the one at rank ceil(q * n) from the bottom, ties
+    in image order, so it is an image, not an interpolation. As TopK with one column. Reads the
+    channels a block at a time, the block sized so its columns of every image fit in `budget` bytes."""
+    channels = parts[0][0].channels
+    n = sum(int(seen.sum()) for _, seen in parts)
+    picks = {q: TopK.empty(channels, 1) for q in quantiles}
+    if n == 0:
+        return picks
+    block = max(1, min(channels, budget // (n * 8)))
+    for c0 in range(0, channels, block):
+        c1 = min(channels, c0 + block)
+        values, where, numbers = [], [], []
+        for maxima, seen in parts:
+            v, w = maxima.columns(c0, c1)
+            values.append(v[seen])
+            where.append(w[seen])
+            numbers.append(np.flatnonzero(seen) + maxima.start)
+        values, where, numbers = np.concatenate(values), np.concatenate(where), np.concatenate(numbers)
+        for channel in range(c1 - c0):
+            order = np.lexsort((numbers, values[:, channel]))
+            for q, found in picks.items():
+                i = order[min(n - 1, max(0, int(np.ceil(q * n)) - 1))]
+                found.values[c0 + channel, 0] = values[i, channel]
+                found.images[c0 + channel, 0] = numbers[i]
+                found.ys[c0 + channel, 0], found.xs[c0 + channel, 0] = divmod(int(where[i, channel]), width)
+    return picks
 
 
 def crop(image: np.ndarray, box: Tuple[int, int, int, int], input_size: int, fill: float = 0.5) -> np.ndarray:
