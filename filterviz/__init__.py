@@ -1,7 +1,8 @@
 """filterviz: see what the filters of a convolutional network respond to.
 
 `filterviz.render(model, layer=..., filters=..., **settings)` runs the command's job from Python,
-`filterviz.atlas(model, ...)` the atlas command's (filterviz/api.py); imported on first use, so
+`filterviz.atlas(model, ...)` the atlas command's, `filterviz.exemplars(model, data=...)` the dataset
+examples' (filterviz/api.py); imported on first use, so
 `import filterviz` stays light.
 """
 
@@ -9,11 +10,11 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name):
-    if name == "atlas":  # the package, callable (filterviz/atlas/__init__.py)
-        import filterviz.atlas
+    if name in ("atlas", "exemplars"):  # the packages, callable (filterviz/atlas/__init__.py)
+        import importlib
 
-        return filterviz.atlas
-    if name in ("render", "Render", "Atlas"):
+        return importlib.import_module(f"filterviz.{name}")
+    if name in ("render", "Render", "Atlas", "Examples"):
         from filterviz import api
 
         return getattr(api, name)

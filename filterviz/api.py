@@ -1,5 +1,5 @@
-"""`filterviz.render(model, layer=..., filters=..., **settings)` and `filterviz.atlas(model, ...)`:
-the commands' jobs, from Python.
+"""`filterviz.render(model, layer=..., filters=..., **settings)`, `filterviz.atlas(model, ...)` and
+`filterviz.exemplars(model, data=..., ...)`: the commands' jobs, from Python.
 
 The settings are the command line's keys, presets and groups (`experiment="maco"`, `iters=128`,
 `param={"decay": 1.5}`), composed by Hydra's compose API onto the same config and schema, so the
@@ -125,13 +125,14 @@ def hydra_app(overrides: List[str]) -> Iterator[Any]:
         raise ConfigError(f"{said}: {cause}" if cause and cause not in said else said) from None
 
 
-def compose(overrides: List[str]):
-    """The config `python -m filterviz <overrides>` runs with; a wrong override is one ConfigError."""
+def compose(overrides: List[str], config: str = "config"):
+    """The config `python -m filterviz <overrides>` runs with (`config="exemplars"`: the dataset
+    examples' command's); a wrong override is one ConfigError."""
     from hydra import compose as hydra_compose
     from omegaconf import OmegaConf
 
     with hydra_app(overrides):
-        cfg = hydra_compose("config", overrides=overrides)
+        cfg = hydra_compose(config, overrides=overrides)
         OmegaConf.resolve(cfg)  # a wrong value fails here, as the command fails before it runs
     return cfg
 
@@ -289,3 +290,94 @@ def atlas(model: Any = "vgg16", *, layers: Any = None, per_layer: Optional[int] 
         raise KeyboardInterrupt(f"{stop}: the atlas ends KILLED; the same call again resumes it") from None
     finally:
         AtlasSweeper.raise_errors = False
+
+
+@dataclass
+class Examples:
+    """What a dataset-examples pass (`exemplars`, or the command) recorded: per layer and filter a
+    strip of its top images and quantile images, and the table of where each comes from."""
+
+    results_dir: Path
+    layers: List[str]
+    table: Dict[str, list]  # a row per example: layer, filter, kind (top, q0.9), rank, file, image, y, x, activation, field
+    read: int
+    skipped: List[str]
+    run_id: Optional[str] = None
+    run_url: Optional[str] = None
+
+    def top(self, layer: str) -> Dict[str, np.ndarray]:
+        """A layer's arrays: per filter (rows) the top k's values, image numbers, ys and xs, then each quantile's."""
+        from filterviz.exemplars.examples import FOLDER
+
+        self._check(layer)
+        with np.load(self.results_dir / FOLDER / "arrays" / f"{layer}.npz") as saved:
+            return {name: saved[name] for name in saved.files}
+
+    def strip(self, layer: str, filter: int) -> np.ndarray:
+        """One filter's strip (top images, then the quantile images) as an RGB array."""
+        import matplotlib.image
+
+        from filterviz.exemplars.examples import strip_name
+
+        self._check(layer)
+        return matplotlib.image.imread(self.results_dir / strip_name(layer, filter))
+
+    def rows(self, layer: str, filter: int) -> List[dict]:
+        """The table's rows of one filter: where each of its examples comes from."""
+        keep = [i for i, (l, f) in enumerate(zip(self.table["layer"], self.table["filter"])) if l == layer and f == filter]
+        return [{name: column[i] for name, column in self.table.items()} for i in keep]
+
+    def _check(self, layer: str) -> None:
+        if layer not in self.layers:
+            raise ConfigError(f"no examples of layer {layer!r}: there are {', '.join(self.layers)}")
+
+    def _repr_html_(self) -> str:
+        """Jupyter's view: the first filters' strips of each layer, and the run."""
+        from filterviz.exemplars.examples import strip_name
+
+        rows = []
+        for layer in self.layers:
+            filters = sorted({f for l, f in zip(self.table["layer"], self.table["filter"]) if l == layer})[:4]
+            strips = "".join(f'<div>f{f} <img src="data:image/png;base64,{_base64(self.results_dir / strip_name(layer, f))}"'
+                             f' style="height:40px"/></div>' for f in filters)
+            rows.append(f"<tr><td><code>{layer}</code></td><td>{strips}</td></tr>")
+        run = f'<a href="{self.run_url}">MLflow run {self.run_id}</a>' if self.run_id else "not recorded"
+        return (f'<div class="filterviz"><table>{"".join(rows)}</table><p>{self.read} images read, '
+                f"{len(self.skipped)} skipped · {run} · files in <code>{self.results_dir}</code></p></div>")
+
+
+def exemplars(model: Any = "vgg16", *, data: os.PathLike, layers: Any = None, k: Optional[int] = None,
+              tracking: Optional[str] = None, output_dir: Optional[os.PathLike] = None,
+              overrides: Sequence[str] = (), **settings) -> Examples:
+    """Each filter's top natural images in the folder `data`, as `python -m filterviz.exemplars` finds
+    them (the same pass, checkpoints and store: the same call again resumes a stopped pass, and a
+    finished one is read back, not redone). `layers`: names or patterns (default: every convolution);
+    the other settings are the command's (`input_size=96`, `quantiles=[0.9]`). Sharding is the
+    command's (`shards=N` over Hydra's launchers); here the pass runs in this process."""
+    import json
+
+    from filterviz.console import import_tensorflow_quietly
+    from filterviz.exemplars import job
+    from filterviz.exemplars.examples import TABLE
+    from filterviz.stops import stop_on_signals
+
+    if settings.get("shards", 1) != 1:
+        raise ConfigError("shards: a sharded pass is the command's (python -m filterviz.exemplars shards=N "
+                          "hydra/launcher=joblib); in Python the pass runs in this process")
+    import_tensorflow_quietly()
+    from filterviz.core.models import fingerprint
+
+    out = Path(output_dir or Path("outputs", "exemplars", time.strftime("%Y-%m-%d"), time.strftime("%H-%M-%S"))).resolve()
+    keys = {k_: v for k_, v in {"data": str(Path(data).resolve()), "layers": layers, "k": k}.items() if v is not None}
+    given = [*model_overrides(model, lambda m: Path(MEMORY_MODELS, f"{fingerprint(m)}.keras").resolve()),
+             *overrides_for(keys), *overrides_for(settings), *overrides, *tracking_overrides(tracking)]
+    cfg = compose(given, "exemplars")
+    command = shlex.join(["python", "-m", "filterviz.exemplars", *given])
+    try:
+        with stop_on_signals():  # Ctrl-C: a checkpoint, and the run ends KILLED; the same call resumes
+            outcome = job.run(cfg, out, command)
+    except Stopped as stop:
+        raise KeyboardInterrupt(f"{stop}: the pass keeps a checkpoint; the same call again resumes it") from None
+    table = json.loads((outcome.results_dir / TABLE).read_text())
+    return Examples(outcome.results_dir, outcome.request.layers, table, outcome.read, outcome.skipped,
+                    outcome.run_id, outcome.run_url)

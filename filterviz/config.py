@@ -9,7 +9,7 @@ group files, not here. `check_ranges` says what types cannot, before TensorFlow 
 
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -70,6 +70,41 @@ class AtlasConfig:
 
 
 @dataclass
+class ExamplesConfig:
+    """A pass over a folder of images for each filter's top natural images (`exemplars.data=` on a run
+    or an atlas; `python -m filterviz.exemplars` takes these keys at the top level)."""
+    # the folder of images (read in it and below); null: no dataset examples
+    data: Optional[str] = None
+    # top images per filter
+    k: int = 9
+    # and one image at each of these quantiles of the filter's activation over the images
+    quantiles: List[float] = field(default_factory=lambda: [0.99, 0.9, 0.5])
+    # images per forward pass
+    batch_size: int = 32
+    # a checkpoint of the pass this often (and on a stop signal), for the same command to resume from
+    checkpoint_seconds: float = 30.0
+    # where passes keep their checkpoints, by what they compute (folder, model, layers, sizes)
+    checkpoints: str = "exemplars"
+
+
+@dataclass
+class ExemplarsAppConfig(ExamplesConfig):
+    """`python -m filterviz.exemplars` (conf/exemplars.yaml)."""
+    model: ModelConfig = MISSING
+    tracking: TrackingConfig = MISSING
+    data: Optional[str] = MISSING
+    # all (every convolution), a layer, a shell pattern (block[45]_*) or a list of them
+    layers: Any = "all"
+    input_size: int = MISSING
+    preprocess: bool = MISSING
+    precision: Precision = MISSING
+    deterministic: bool = True
+    # the pass in this many shards, each a job of Hydra's launcher (joblib, SLURM), merged at the end
+    shards: int = 1
+    shard: int = 0  # set for each job
+
+
+@dataclass
 class FilterVizConfig:
     model: ModelConfig = MISSING
     tracking: TrackingConfig = MISSING
@@ -94,11 +129,13 @@ class FilterVizConfig:
     optimized_metric: str = MISSING
     preset: Optional[str] = MISSING  # set by the preset (experiment=...) the run starts from
     atlas: Optional[AtlasConfig] = None  # set by python -m filterviz.atlas (conf/atlas.yaml)
+    exemplars: ExamplesConfig = field(default_factory=ExamplesConfig)  # dataset examples beside the pictures
 
 
 def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="filterviz_schema", node=FilterVizConfig)
+    cs.store(name="exemplars_schema", node=ExemplarsAppConfig)
     cs.store(group="model", name="model_schema", node=ModelConfig)
     # model=<any keras.applications network>; those with a file in conf/model/ name their default layer
     for name in APPLICATIONS:
@@ -123,6 +160,23 @@ def check_ranges(cfg: DictConfig) -> None:
         raise ConfigError(f"batch_size={cfg.batch_size}: at least 1 filter per batch")
     if not 0 <= cfg.seed < 2**32:
         raise ConfigError(f"seed={cfg.seed}: a seed is a whole number from 0 to 4294967295")
+    if cfg.get("exemplars") and cfg.exemplars.data is not None:
+        check_examples(cfg.exemplars, "exemplars.")
     if cfg.tracking.get("filter_series", 0) < 0:
         raise ConfigError(f"tracking.filter_series={cfg.tracking.filter_series}: the number of filters charted "
                           "one by one in MLflow is 0 or more")
+
+
+def check_examples(cfg: DictConfig, prefix: str = "") -> None:
+    """The dataset examples' range checks; `prefix`: where the keys are (exemplars. on a run)."""
+    if cfg.k < 1:
+        raise ConfigError(f"{prefix}k={cfg.k}: at least 1 top image per filter")
+    if any(not 0 <= q <= 1 for q in cfg.quantiles):
+        raise ConfigError(f"{prefix}quantiles={list(cfg.quantiles)}: quantiles are fractions from 0 to 1, "
+                          "e.g. [0.99,0.9,0.5]")
+    if cfg.batch_size < 1:
+        raise ConfigError(f"{prefix}batch_size={cfg.batch_size}: at least 1 image per batch")
+    if "shards" in cfg and not 0 <= cfg.shard < cfg.shards:
+        raise ConfigError(f"shards={cfg.shards} shard={cfg.shard}: shards is 1 or more, and shard one of 0..shards-1")
+    if "input_size" in cfg and cfg.input_size < 1:
+        raise ConfigError(f"input_size={cfg.input_size}: the image side must be a positive number of pixels")

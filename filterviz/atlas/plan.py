@@ -29,7 +29,7 @@ class Job:
         return f"{self.layer} f{self.filters[0]}-{self.filters[-1]}"
 
 
-def select_layers(layers: Sequence[ConvLayer], wanted) -> List[ConvLayer]:
+def select_layers(layers: Sequence[ConvLayer], wanted, key: str = "atlas.layers") -> List[ConvLayer]:
     """`all` (every convolution), a name, a shell pattern (`block[45]_*`) or a list of them, which
     may name any layer with channels (an activation, a residual Add, the logits); in the model's order."""
     convolutions = [layer.name for layer in layers if layer.convolution]
@@ -40,7 +40,7 @@ def select_layers(layers: Sequence[ConvLayer], wanted) -> List[ConvLayer]:
     for pattern in map(str, patterns):
         matched = fnmatch.filter(convolutions, pattern) or fnmatch.filter([layer.name for layer in layers], pattern)
         if not matched:
-            raise ConfigError(f"atlas.layers: {pattern!r} matches no convolution of this model; its convolutions "
+            raise ConfigError(f"{key}: {pattern!r} matches no convolution of this model; its convolutions "
                               f"are {', '.join(convolutions)} (any other layer with channels can be named too)")
         chosen.update(matched)
     return [layer for layer in layers if layer.name in chosen]

@@ -5,7 +5,7 @@ comparisons show settings only, and a reproduction replays settings only."""
 import os
 from typing import Dict, List, Mapping, Optional, Sequence
 
-NOT_SETTINGS = ("tracking", "hydra", "atlas")
+NOT_SETTINGS = ("tracking", "hydra", "atlas", "exemplars")  # exemplars: examples beside, not in, the pictures
 # Config keys that change no picture: what to report, and a default already resolved into `layer`.
 NOT_PICTURE = ("optimized_metric", "save_gif", "gif_filter", "model.default_layer")
 
