@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import keras
+import numpy as np
 import tensorflow as tf
 from omegaconf import DictConfig, OmegaConf
 
@@ -50,6 +51,7 @@ class Plan:
     overrides: List[str] = field(default_factory=list)  # the command line's settings
     fed: str = "none"  # what the model is fed: a preprocess mode (models.preprocess_mode), logged as model.preprocess
     fingerprint: str = ""  # the network's architecture and weights (models.fingerprint), a tag of the run
+    model: Optional[keras.Model] = None  # the whole network (the dataset examples' pass reads it)
 
     def charted(self) -> Dict[ImageId, str]:
         """The images with their own metric series and picture slider in MLflow, by series name:
@@ -151,7 +153,7 @@ def prepare(cfg: DictConfig) -> Plan:
     recipe = Recipe(param=param, transforms=transforms, optimizer=optimizer,
                     objective=objective.for_layer(cut.layer, cut.n_filters, map_side, cfg.seed),
                     preprocess=models.preprocessor(fed, cut.channels))
-    return Plan(cfg, cut, filters, recipe, fed=fed, fingerprint=models.fingerprint(model))
+    return Plan(cfg, cut, filters, recipe, fed=fed, fingerprint=models.fingerprint(model), model=model)
 
 
 def revive_dead(plan: Plan, result: AscentResult, on_step: StepCallback) -> AscentResult:
@@ -189,6 +191,8 @@ def execute(plan: Plan, results_dir: Path, live: Optional[LiveRun] = None) -> Ou
         result = revive_dead(plan, result, on_step)
         progress.close()
         outcome = Outcome(result, judge(plan, result), time.perf_counter() - start)
+        if cfg.exemplars.data is not None and not cfg.get("atlas"):  # an atlas finds its examples once, for all
+            outcome.quality.vs_examples = examples_beside(plan, result, outcome.quality, results_dir)
     except Stopped as stop:
         reached = result or ascent.partial()  # a finished ascent stopped while judged keeps its images
         if reached is not None:
@@ -199,6 +203,22 @@ def execute(plan: Plan, results_dir: Path, live: Optional[LiveRun] = None) -> Ou
         progress.close()
     files.write_results(result, outcome.quality, plan.title, results_dir, _resolved(cfg))
     return outcome
+
+
+def examples_beside(plan: Plan, result: AscentResult, figures: quality.Quality, results_dir: Path):
+    """The dataset examples of the run's filters beside its pictures (results/examples/), from the
+    pass over `exemplars.data` for its layer (a finished pass's checkpoint is read, not redone), and
+    each picture's peak activation over its filter's best example's."""
+    from filterviz.exemplars import job as exemplars_job
+
+    request = exemplars_job.request_for(plan.cfg, plan.model, [plan.cut.layer], plan.cfg.exemplars)
+    exemplars_job.find(request, plan.model, plan.cfg.exemplars.data, results_dir, None,
+                       label=settings.model_label(plan.cfg.model.name, plan.cfg.model.path),
+                       channels={plan.cut.layer: sorted(set(plan.filters))})
+    with np.load(results_dir / "examples" / "arrays" / f"{plan.cut.layer}.npz") as saved:
+        best = saved["values"][:, 0]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.array([p / best[f] if best[f] > 0 else np.nan for p, f in zip(figures.peak_activation, result.filters)])
 
 
 def _both(first: StepCallback, second: StepCallback) -> StepCallback:

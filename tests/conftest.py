@@ -47,6 +47,7 @@ def pytest_runtest_makereport(item, call):
 # that xdist's workers, a file each (pyproject.toml), end together instead of one waiting out a
 # slow file taken last; xdist would otherwise start with the files of most tests.
 SLOW_FIRST = ["test_sweep.py", "test_slurm.py", "test_live_runs.py", "test_atlas.py", "test_cli.py", "test_api.py",
+              "test_exemplars_pass.py",
               "test_team_store.py", "test_mlflow_ui.py", "test_notebook.py"]
 
 

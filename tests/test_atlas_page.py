@@ -232,3 +232,46 @@ def test_a_layer_page_sorts_its_filters_and_details_one(atlas, ui_page, page_err
     page.keyboard.press("Escape")
     expect(detail).to_be_hidden()
     assert unexpected_errors(page_errors) == []
+
+
+# ------------------------------------------------------------------- a real atlas with examples
+
+
+def test_an_atlas_with_dataset_examples_shows_each_filter_beside_them_and_sorts_by_the_new_figure(
+        tmp_path, monkeypatch, ui_page, page_errors, shots):
+    from mlflow.tracking import MlflowClient
+    from playwright.sync_api import expect
+
+    import filterviz
+    from experiments.scenes import make_scenes
+    from test_exemplars_pass import small_net
+
+    monkeypatch.chdir(tmp_path)
+    make_scenes(tmp_path / "scenes", 30)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    made = filterviz.atlas(small_net(), layers=["conv", "conv2"], per_layer=4, experiment="seed", iters=8,
+                           input_size=32, tracking=uri, exemplars={"data": str(tmp_path / "scenes"), "k": 4})
+    assert not made.failed
+    layer = made.layers[1]
+    for f in layer["filters"]:
+        assert (made.page.parent / f["examples"]).is_file()
+        assert f["figures"]["vs_examples"] > 0
+    # the pass is recorded once, under the atlas, and a second command reads it back
+    client = MlflowClient(uri)
+    [examples_run] = [r for r in client.search_runs([client.get_run(made.run_id).info.experiment_id])
+                      if "filterviz.exemplars" in r.data.tags]
+    assert examples_run.data.tags["mlflow.parentRunId"] == made.run_id and examples_run.info.status == "FINISHED"
+
+    page = ui_page
+    page.goto(made.page.as_uri())
+    page.get_by_role("link", name=layer["name"], exact=True).click()
+    page.wait_for_function("() => [...document.querySelectorAll('#grid img')].every((i) => i.complete && i.naturalWidth > 0)")
+    assert page.locator(".tile img.examples").count() == len(layer["filters"])
+    page.locator("#sort").select_option("vs_examples:asc")
+    assert tile_order(page) == expected_order(layer["filters"], "vs_examples", descending=False)
+    first = expected_order(layer["filters"], "vs_examples", descending=False)[0]
+    page.locator(f"#tile-{first}").click()
+    expect(page.locator("#detail-examples-figure")).to_be_visible()
+    page.wait_for_function("() => document.getElementById('detail-examples').naturalWidth > 0")
+    page.screenshot(path=shots / "atlas-layer-examples.png")
+    assert unexpected_errors(page_errors) == []

@@ -97,8 +97,8 @@ def test_a_missing_or_empty_folder_is_one_line(tmp_path):
         image_files(tmp_path)
 
 
-def test_a_top_examples_crop_holds_all_its_unit_sees():
-    from filterviz.core.exemplars import crop
+def test_a_top_examples_crop_is_its_units_receptive_field_and_holds_all_it_sees():
+    from filterviz.core.exemplars import field_crops
     from filterviz.core.receptive import receptive_field
 
     model, size = small_net(), 24
@@ -107,14 +107,14 @@ def test_a_top_examples_crop_holds_all_its_unit_sees():
     activations = cut(images).numpy()
     found = TopK.of_batch(activations, np.arange(6), k=2)
     field = receptive_field(model, "depthwise", size)
-    for channel in range(4):
+    assert field.size[0] == field.size[1]
+    boxes = np.array([field.box(found.ys[c, 0], found.xs[c, 0], size) for c in range(4)])
+    pieces = field_crops(images, boxes, found.images[:, 0], size, field.size[0], fill=-1.0)
+    for channel, ((top, left, bottom, right), piece) in enumerate(zip(boxes, pieces)):
         image, y, x = found.images[channel, 0], found.ys[channel, 0], found.xs[channel, 0]
-        top, left, bottom, right = field.box(y, x, size)
-        piece = crop(images[image], (top, left, bottom, right), size)
-        assert piece.shape[:2] == field.size
-        inner = piece[max(-top, 0):, max(-left, 0):]  # past the edge: the fill
-        np.testing.assert_array_equal(inner[:min(bottom, size - 1) - max(top, 0) + 1, :min(right, size - 1) - max(left, 0) + 1],
-                                      images[image][max(top, 0):bottom + 1, max(left, 0):right + 1])
+        # at the input's own size and the field's, the crop is the field's pixels, and past the edge the fill
+        padded = np.pad(images[image], ((size, size), (size, size), (0, 0)), constant_values=-1.0)
+        np.testing.assert_allclose(piece, padded[top + size:bottom + size + 1, left + size:right + size + 1], atol=1e-6)
         # everything outside the crop changed, the unit's activation not at all: it sees only the crop
         other = np.random.default_rng(3).uniform(size=images[image].shape).astype(np.float32)
         inside = np.zeros(images[image].shape[:2], bool)
@@ -122,3 +122,7 @@ def test_a_top_examples_crop_holds_all_its_unit_sees():
         mixed = np.where(inside[..., None], images[image], other)
         np.testing.assert_allclose(cut(mixed[None]).numpy()[0, y, x, channel], found.values[channel, 0], rtol=1e-5)
         assert cut(other[None]).numpy()[0, y, x, channel] != pytest.approx(found.values[channel, 0])
+    # at twice the input's size, the same field: its pixels at twice the resolution
+    doubled = np.repeat(np.repeat(images, 2, axis=1), 2, axis=2)
+    twice = field_crops(doubled, boxes, found.images[:, 0], size, 2 * field.size[0], fill=-1.0)
+    np.testing.assert_allclose(twice[:, ::2, ::2], pieces, atol=1e-5)

@@ -85,7 +85,7 @@ def test_the_pass_finds_the_brute_force_top_images_and_quantiles_traces_and_reco
     assert run.data.metrics["images_read"] == len(files) - 1 and run.data.metrics["images_skipped"] == 1
     logged = {a.path for a in client.list_artifacts(found.run_id)}
     assert {"examples.json", "examples"} <= logged
-    assert {a.path for a in client.list_artifacts(found.run_id, "examples/conv2")} >= {"examples/conv2/f0004.png"}
+    assert {a.path for a in client.list_artifacts(found.run_id, "examples/conv2")} >= {"examples/conv2/f0004.jpg"}
     logged_table = json.loads(open(client.download_artifacts(found.run_id, "examples.json", str(tmp_path))).read())
     assert [row[logged_table["columns"].index("file")] for row in logged_table["data"]] == found.table["file"]
 
@@ -160,3 +160,21 @@ def test_a_sigkilled_pass_resumes_to_the_same_result_and_shards_merge_to_it(tmp_
     wrong = command(*common, "layers=[conv,nope]", cwd=tmp_path)
     assert wrong.returncode == 1 and wrong.stderr.strip().splitlines() == [
         wrong.stderr.strip().splitlines()[-1]] and "layers: 'nope' matches no" in wrong.stderr
+
+
+def test_a_run_with_exemplars_data_puts_its_filters_examples_beside_its_pictures(scenes, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    store = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+    made = filterviz.render(small_net(), layer="conv2", filters="1:3", iters=6, input_size=SIZE, tracking=store,
+                            exemplars={"data": str(scenes), "k": 3, "batch_size": 8}, output_dir=tmp_path / "out")
+    examples = made.results_dir / "examples"
+    assert sorted(p.name for p in (examples / "conv2").iterdir()) == ["f0001.jpg", "f0002.jpg"]
+    rows = json.loads((made.results_dir / "examples.json").read_text())
+    assert set(rows["filter"]) == {1, 2} and set(rows["layer"]) == {"conv2"}
+    with np.load(examples / "arrays" / "conv2.npz") as saved:
+        best = saved["values"][:, 0]
+    for f in (1, 2):  # the picture's peak over the best photograph's, as logged
+        name = f"conv2/f{f:04d}"
+        assert made.figures[f"vs_examples/{name}"] == pytest.approx(made.figures[f"peak_activation/{name}"] / best[f])
+    logged = {a.path for a in MlflowClient(store).list_artifacts(made.run_id)}
+    assert {"examples", "examples.json", "pictures"} <= logged

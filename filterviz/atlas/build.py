@@ -42,6 +42,12 @@ def make_atlas(config: DictConfig, arguments: Sequence[str], launch: Launch, bat
     for layer in layers:
         models.check_input_size(models.cut_at(model, layer.name), cfg.input_size)
     del model
+    if cfg.exemplars.data is not None:  # a wrong folder says so now, not after the pictures
+        from filterviz.config import check_examples
+        from filterviz.core.exemplars import image_files
+
+        check_examples(cfg.exemplars, "exemplars.")
+        image_files(cfg.exemplars.data)
 
     job_cfg = OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True,
                                      enum_to_str=True)
@@ -92,10 +98,14 @@ def make_atlas(config: DictConfig, arguments: Sequence[str], launch: Launch, bat
     runs = tracker.finished_children(parent)
     site_dir = sweep_dir / SITE
     layers_data = record.gather(tracker, runs, site_dir, base, sizes)
+    figures = dict(record.FIGURES)
+    if cfg.exemplars.data is not None:
+        beside_examples(cfg, tracker, parent, layers_data, site_dir, command)
+        figures.update(record.VS_EXAMPLES)
     from filterviz.atlas.page import write_site
 
     index = write_site({"title": name, "model": settings.model_label(cfg.model.name, cfg.model.path), "settings": dict(sorted(picture.items())),
-                        "run_id": parent, "run_url": tracker.run_url(parent), "figures": record.FIGURES,
+                        "run_id": parent, "run_url": tracker.run_url(parent), "figures": figures,
                         "layers": layers_data}, site_dir)
     tracker.client.log_artifacts(parent, str(site_dir), SITE)
     tracker.end_parent(parent, failed=len(failed))
@@ -108,6 +118,32 @@ def make_atlas(config: DictConfig, arguments: Sequence[str], launch: Launch, bat
               file=sys.stderr)
         print("\n".join(failed), file=sys.stderr)
     return Atlas(index.resolve(), parent, tracker.run_url(parent), layers_data, failed)
+
+
+def beside_examples(cfg: DictConfig, tracker: tracking.Tracker, parent: str, layers_data: List[dict], site_dir: Path,
+                    command: str) -> None:
+    """The atlas's dataset examples: one pass over `exemplars.data` for all its layers, recorded in a
+    run under the atlas (read back if an earlier command finished it), its strips in the site, and
+    per filter its picture's peak activation over its best example's (`vs_examples`)."""
+    import numpy as np
+
+    from filterviz.exemplars import job as exemplars_job
+    from filterviz.exemplars.examples import FOLDER, strip_name
+
+    model = exemplars_job.load(cfg)
+    request = exemplars_job.request_for(cfg, model, [layer["name"] for layer in layers_data], cfg.exemplars)
+    exemplars_job.find(request, model, cfg.exemplars.data, site_dir, tracker, command,
+                       {**exemplars_job.params_of(cfg.exemplars, request), "model.name": cfg.model.name},
+                       parent, label=settings.model_label(cfg.model.name, cfg.model.path))
+    del model
+    for layer in layers_data:
+        with np.load(site_dir / FOLDER / "arrays" / f"{layer['name']}.npz") as saved:
+            best = saved["values"][:, 0]
+        for f in layer["filters"]:
+            f["examples"] = strip_name(layer["name"], f["filter"])
+            peak = f["figures"].get("peak_activation")
+            top = float(best[f["filter"]])
+            f["figures"]["vs_examples"] = peak / top if peak is not None and np.isfinite(top) and top > 0 else None
 
 
 def keep_model_file(tracker: tracking.Tracker, parent: str, model: DictConfig) -> None:

@@ -2,8 +2,10 @@
 
     site_dir/atlas.json            the manifest, as given (NaN written as null)
     site_dir/index.html            one row per layer: counts, mean figures, a strip of pictures
-    site_dir/layers/<layer>.html   every filter's picture; sorting and each filter's detail in JS,
-                                   from the layer's data embedded once as JSON
+    site_dir/layers/<layer>.html   every filter's picture (beside its dataset examples, if any);
+                                   sorting and each filter's detail in JS, from the layer's data
+                                   embedded once as JSON
+    site_dir/examples/<layer>/     the dataset examples' strips (exemplars.data=), as the pass wrote them
     site_dir/atlas.css, atlas.js
 
 Pictures stay where the atlas wrote them: the pages refer to them by relative paths.
@@ -79,7 +81,8 @@ def layer_view(layer: dict, page: str, figure_names: list[str]) -> dict:
         "data": {
             "layer": layer["name"],
             "figures": figure_names,
-            "filters": [{"filter": f["filter"], "dead": f["dead"], "figures": f["figures"],
+            "examples": any(f.get("examples") for f in filters),
+            "filters": [{"filter": f["filter"], "dead": f["dead"], "figures": f["figures"], "examples": f.get("examples"),
                          "curve": [None if v is None else float(f"{v:.{CURVE_DIGITS}g}") for v in f["curve"]],
                          "run_url": f.get("run_url"), "command": f["command"]} for f in filters],
         },

@@ -23,7 +23,10 @@ FIGURES = {
     "hf_fraction": "share of the picture's spectral energy at high frequencies (lower: smoother)",
     "specificity": "on 16 random views of its picture, the filter's activation over its own plus the strongest other "
                    "filter's of the layer (0.5: a tie; near 1: a picture of this filter alone)",
+    "peak_activation": "the filter's largest activation anywhere on its picture (what dataset examples are ranked by)",
 }
+VS_EXAMPLES = {"vs_examples": "peak activation on the picture over that on the filter's best dataset example (below "
+                              "1: a photograph beats the picture, and the ascent fell short)"}
 
 
 def open_parent(tracker: Tracker, atlas_id: str, name: str, params: Mapping[str, str],

@@ -155,22 +155,48 @@ def forward_step(model: keras.Model, layers: Sequence[str]) -> Callable[[tf.Tens
     return run
 
 
+def maxima_step(model: keras.Model, layers: Sequence[str]) -> Callable[[tf.Tensor], List[Tuple[np.ndarray, np.ndarray]]]:
+    """A compiled forward pass that returns, per layer, each image's `spatial_maxima` (computed in the
+    graph: a (batch, channels) pair leaves it, not the layer's whole map)."""
+    forward = layers_model(model, layers)
+
+    def maxima(images):
+        found = []
+        outputs = forward(images, training=False)
+        for output in outputs if isinstance(outputs, (list, tuple)) else [outputs]:
+            flat = tf.reshape(tf.cast(output, tf.float32), (tf.shape(output)[0], -1, output.shape[-1]))
+            flat = tf.where(tf.math.is_nan(flat), tf.constant(-np.inf, tf.float32), flat)
+            where = tf.argmax(flat, axis=1, output_type=tf.int32)  # the first maximum, as numpy's
+            found.append((tf.reduce_max(flat, axis=1), where))
+        return found
+
+    step = tf.function(maxima, reduce_retracing=True)
+    return lambda images: [(np.asarray(best), np.asarray(where)) for best, where in step(images)]
+
+
+def map_widths(model: keras.Model, layers: Sequence[str], input_size: int) -> List[int]:
+    """Each layer's map width at `input_size`: a maximum's flat position is y * width + x."""
+    outputs = layers_model(model, layers).compute_output_shape((1, input_size, input_size, model.input_shape[-1]))
+    outputs = outputs if isinstance(outputs, list) and isinstance(outputs[0], (tuple, list)) else [outputs]
+    return [int(shape[2]) for shape in outputs]
+
+
 def scan(model: keras.Model, layers: Sequence[str], batches: Iterable[Tuple[np.ndarray, np.ndarray]], k: int,
          found: Optional[Dict[str, TopK]] = None,
-         after_batch: Optional[Callable[[Dict[str, TopK], np.ndarray, List[np.ndarray]], None]] = None
-         ) -> Dict[str, TopK]:
+         after_batch: Optional[Callable[[Dict[str, TopK], np.ndarray, List[Tuple[np.ndarray, np.ndarray]]], None]] = None,
+         input_size: Optional[int] = None) -> Dict[str, TopK]:
     """Per layer, the top k images of every channel over `batches`, merged into `found` (a resumed
-    pass's); `after_batch(found, numbers, activations)` after each batch (maxima, progress, checkpoints)."""
-    step = forward_step(model, layers)
+    pass's); `after_batch(found, numbers, maxima)` after each batch (maxima, progress, checkpoints)."""
+    step = maxima_step(model, layers)
+    widths = None
     found = dict(found or {})
     for images, numbers in batches:
         numbers = np.asarray(numbers)
-        maxima = []
-        for name, output in zip(layers, step(images)):
-            best, where = spatial_maxima(output)
-            batch = TopK.of_maxima(best, where, output.shape[2], numbers, k)
+        widths = widths or map_widths(model, layers, input_size or images.shape[1])
+        maxima = step(images)
+        for name, (best, where), width in zip(layers, maxima, widths):
+            batch = TopK.of_maxima(best, where, width, numbers, k)
             found[name] = found[name].merge(batch) if name in found else batch
-            maxima.append((best, where))
         if after_batch is not None:
             after_batch(found, numbers, maxima)
     return found
@@ -247,16 +273,18 @@ def quantile_picks(parts: Sequence[Tuple[Maxima, np.ndarray]], quantiles: Sequen
     return picks
 
 
-def crop(image: np.ndarray, box: Tuple[int, int, int, int], input_size: int, fill: float = 0.5) -> np.ndarray:
-    """The part of the original `image` (height, width, channels) that a unit's receptive field
-    `box` (top, left, bottom, right, inclusive, in the model's `input_size` square input) covers,
-    scaled back by the resize; what lies past the picture's edge (padding) is `fill`."""
-    height, width = image.shape[:2]
-    top, left, bottom, right = box
-    rows = (np.floor(top * height / input_size), np.ceil((bottom + 1) * height / input_size))
-    cols = (np.floor(left * width / input_size), np.ceil((right + 1) * width / input_size))
-    (r0, r1), (c0, c1) = (map(int, rows)), (map(int, cols))
-    out = np.full((r1 - r0, c1 - c0, image.shape[2]), fill, dtype=np.float32)
-    src = image[max(r0, 0):min(r1, height), max(c0, 0):min(c1, width)]
-    out[max(r0, 0) - r0:max(r0, 0) - r0 + src.shape[0], max(c0, 0) - c0:max(c0, 0) - c0 + src.shape[1]] = src
-    return out
+def field_crops(images: np.ndarray, boxes: np.ndarray, index: np.ndarray, input_size: int, size: int,
+                fill: float = 1.0) -> np.ndarray:
+    """The part of an image that each unit's receptive field covers, as a `size`-pixel square.
+    `images` (n, side, side, channels): the originals resized square (as the model sees them, at
+    any side); `boxes` (m, 4): each field's top, left, bottom, right (inclusive) in the model's
+    `input_size` input; `index` (m,): its image. Bilinear, in one batched op (tf.image.crop_and_resize,
+    whose corner-aligned samples land on pixel centres: a field cropped at its own size from an
+    image at the input's size is its pixels exactly); past the picture's edge (padding), `fill`."""
+    side = images.shape[1]
+    scale = side / input_size
+    first = boxes[:, :2] * scale  # the first and last pixel of the field in the image at `side`
+    last = (boxes[:, 2:] + 1) * scale - 1
+    normal = np.concatenate([first, last], axis=1) / max(side - 1, 1)
+    return tf.image.crop_and_resize(images, normal.astype(np.float32), np.asarray(index, np.int32), (size, size),
+                                    extrapolation_value=fill).numpy()

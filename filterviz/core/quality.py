@@ -10,6 +10,8 @@ specificity       under the same 16 views, own / (own + rival): the filter's mea
                   against that of the strongest other filter of its layer, averaged over the
                   views: 0.5 a tie, near 1 a picture of that filter alone, near 0 a picture
                   of something else
+peak_activation   the filter's largest activation anywhere on the final image: the measure its
+                  dataset examples are ranked by (filterviz/core/exemplars.py), so the two compare
 dead              the ascent found nothing to climb (`AscentResult.dead`, the one rule)
 
 Activations are measured as the ascent measures them: the objective's `activation` term
@@ -33,7 +35,7 @@ for `layer` or `direction`.
 """
 
 from dataclasses import dataclass
-from typing import Dict
+from typing import Dict, Optional
 
 import keras
 import numpy as np
@@ -65,13 +67,19 @@ class Quality:
     hf_fraction: np.ndarray
     specificity: np.ndarray
     dead: np.ndarray
+    peak_activation: np.ndarray
+    # peak_activation over that of the filter's best dataset example (exemplars.data=): below 1, a
+    # photograph excites the filter more than its picture does, and the ascent fell short
+    vs_examples: Optional[np.ndarray] = None
 
-    PER_IMAGE = ("final_activation", "robustness", "hf_fraction", "specificity")
+    PER_IMAGE = ("final_activation", "robustness", "hf_fraction", "specificity", "peak_activation")
+    WITH_EXAMPLES = ("vs_examples",)
     SUMMARY = ("quality/final_activation", "quality/robustness", "quality/hf_fraction", "quality/specificity",
                "quality/dead_filters")
 
     def per_image(self) -> Dict[str, np.ndarray]:
-        return {name: getattr(self, name) for name in self.PER_IMAGE}
+        return {name: getattr(self, name) for name in (*self.PER_IMAGE, *self.WITH_EXAMPLES)
+                if getattr(self, name) is not None}
 
     def summary(self) -> Dict[str, float]:
         """Run-level figures: means over live filters (dead ones say nothing about the picture)."""
@@ -101,21 +109,24 @@ def measure(extractor: keras.Model, result: AscentResult, recipe: Recipe, batch_
         means = tf.nn.relu(objectives.channel_means(context))  # the whole layer, already computed: ~free
         own = tf.gather(means, idx, axis=1, batch_dims=1)
         rival = tf.reduce_max(tf.where(tf.one_hot(idx, tf.shape(means)[1]) > 0, 0.0, means), axis=1)
-        return objectives.activation(context), tf.math.divide_no_nan(own, own + rival)
+        own_map = tf.gather(acts, idx, axis=3, batch_dims=1)  # (batch, height, width): the filter's map
+        return objectives.activation(context), tf.math.divide_no_nan(own, own + rival), tf.reduce_max(own_map, [1, 2])
 
-    plain, viewed, specific = [], [], []
+    plain, viewed, specific, peak = [], [], [], []
     for start in range(0, len(result.images), batch_size):
         x = tf.constant(result.images[start : start + batch_size], tf.float32)
         idx = tf.constant(result.filters[start : start + batch_size], tf.int32)
-        plain.append(activation(x, idx)[0].numpy())
+        final, _, highest = activation(x, idx)
+        plain.append(final.numpy())
+        peak.append(highest.numpy())
         # Fixed seeds: every run is judged on the same views.
         seeds = tf.constant(image_seeds(0, "robustness", range(len(idx))), tf.int32)
         views = [activation(ROBUSTNESS_VIEWS(x, seeds, tf.constant(v, tf.int32)), idx) for v in range(VIEWS)]
-        viewed.append(np.mean([a.numpy() for a, _ in views], axis=0))
-        specific.append(np.mean([s.numpy() for _, s in views], axis=0))
+        viewed.append(np.mean([a.numpy() for a, _, _ in views], axis=0))
+        specific.append(np.mean([s.numpy() for _, s, _ in views], axis=0))
     final, robust = np.concatenate(plain), np.concatenate(viewed)
     with np.errstate(divide="ignore", invalid="ignore"):
         robustness = np.where(final > 0, robust / final, np.nan)
     aimed = any(recipe.objective.uses(term) for term in objectives.FILTER_TERMS)
     specificity = np.concatenate(specific) if aimed else np.full(len(final), np.nan)
-    return Quality(final, robustness, hf_fraction(result.images), specificity, result.dead())
+    return Quality(final, robustness, hf_fraction(result.images), specificity, result.dead(), np.concatenate(peak))

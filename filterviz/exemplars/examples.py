@@ -6,7 +6,7 @@ table saying where every example comes from (file, location, activation, field).
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import keras
 import numpy as np
@@ -19,7 +19,9 @@ from filterviz.core.receptive import receptive_field
 
 TILE = 64  # pixels a side of each example in a strip
 GAP = 6  # between the top images and the quantile images
-DISPLAY_SIDE = 4  # originals are cropped from a copy at most this many input sides long
+DISPLAY_SIDE = 2  # examples are cropped from a copy of each image this many input sides square
+RENDER_BATCH = 8  # images at a time while drawing (the maps of a group's layers of them all are held)
+TILE_BUDGET = 192 << 20  # bytes of tiles held at once: layers are drawn in groups that fit
 TABLE = "examples.json"
 FOLDER = "examples"  # in the run's results and artifacts: <layer>/f0012.png, arrays/<layer>.npz
 
@@ -41,92 +43,134 @@ class Found:
 
 
 def strip_name(layer: str, channel: int) -> str:
-    return f"{FOLDER}/{layer}/f{channel:04d}.png"
+    return f"{FOLDER}/{layer}/f{channel:04d}.jpg"  # photographs: JPEG is 10x faster to write than PNG
+
+
+@dataclass
+class Drawing:
+    """One layer's strips while they are drawn: which images show in which (filter, slot)."""
+
+    layer: str
+    slots: List[Tuple[str, TopK, int]]
+    drawn: List[int]  # the filters drawn
+    tiles: np.ndarray  # (filters, slots, TILE, TILE, 3)
+    activation: np.ndarray  # (filters, slots): the unit's activation in its example
+    users: Dict[int, List[Tuple[int, int]]]  # image -> the (filter, slot) pairs that show it
 
 
 def write(found: Found, files: Sequence[Path], root: Path, model: keras.Model, input_size: int, fed: str,
-          out: Path) -> Dict[str, list]:
-    """The strips, the arrays and the table into `out` (a run's results folder); returns the table."""
-    from filterviz.core.models import preprocessor
-
+          out: Path, channels: Optional[Dict[str, List[int]]] = None) -> Dict[str, list]:
+    """The strips, the arrays and the table into `out` (a run's results folder); returns the table.
+    `channels`: per layer, the filters to draw and list (default: every one). The layers are drawn
+    in groups whose tiles fit in TILE_BUDGET bytes, one forward pass over a group's images each."""
     rows: Dict[str, list] = {name: [] for name in ("layer", "filter", "kind", "rank", "file", "image", "y", "x",
                                                    "activation", "field", "strip")}
     (out / FOLDER / "arrays").mkdir(parents=True, exist_ok=True)
     for layer in found.top:
         np.savez(out / FOLDER / "arrays" / f"{layer}.npz", **found.top[layer].arrays(),
                  **{f"q{q:g}/{name}": a for q, picks in found.quantiles[layer].items() for name, a in picks.arrays().items()})
-        field = receptive_field(model, layer, input_size)
-        slots = found.slots(layer)
-        channels = found.top[layer].values.shape[0]
-        tiles = np.full((channels, len(slots), TILE, TILE, 3), 255, np.uint8)
-        activation = np.full((channels, len(slots)), np.nan, np.float32)
-        users: Dict[int, List[Tuple[int, int]]] = {}  # image -> (channel, slot) showing it
-        for slot, (_, picks, column) in enumerate(slots):
-            for channel in range(channels):
-                image = int(picks.images[channel, column])
-                if image != EMPTY:
-                    users.setdefault(image, []).append((channel, slot))
-        numbers = sorted(users)
-        step = exemplars.forward_step(model, [layer])
-        data = exemplars.dataset([files[i] for i in numbers], numbers, input_size, 3, 32, preprocessor(fed))
-        for batch, batch_numbers in data.as_numpy_iterator():
-            [maps] = step(batch)
-            for maps_of_one, number in zip(maps, batch_numbers):
-                original = _display_copy(files[number], input_size)
-                for channel, slot in users[int(number)]:
-                    _, picks, column = slots[slot]
-                    y, x = int(picks.ys[channel, column]), int(picks.xs[channel, column])
-                    value = float(maps_of_one[y, x, channel])
-                    activation[channel, slot] = value
-                    tiles[channel, slot] = _tile(original, maps_of_one[..., channel], value, field.box(y, x, input_size),
-                                                 input_size)
-        (out / FOLDER / layer).mkdir(parents=True, exist_ok=True)
-        for channel in range(channels):
-            name = strip_name(layer, channel)
-            _strip(tiles[channel], found.top[layer].k).save(out / name)
-            for slot, (kind, picks, column) in enumerate(slots):
-                image = int(picks.images[channel, column])
-                if image == EMPTY:
-                    continue
-                y, x = int(picks.ys[channel, column]), int(picks.xs[channel, column])
-                rows["layer"].append(layer)
-                rows["filter"].append(channel)
-                rows["kind"].append(kind)
-                rows["rank"].append(column + 1 if kind == "top" else 0)
-                rows["file"].append(str(files[image].relative_to(root)))
-                rows["image"].append(image)
-                rows["y"].append(y)
-                rows["x"].append(x)
-                rows["activation"].append(float(activation[channel, slot]))
-                rows["field"].append(list(field.box(y, x, input_size)))
-                rows["strip"].append(name)
+    group, size = [], 0
+    for layer in found.top:
+        count = found.top[layer].values.shape[0]
+        drawn = list(range(count)) if channels is None else [c for c in channels.get(layer, []) if c < count]
+        bytes_ = len(drawn) * len(found.slots(layer)) * TILE * TILE * 3
+        if group and size + bytes_ > TILE_BUDGET:
+            _draw_group(group, found, files, root, model, input_size, fed, out, rows)
+            group, size = [], 0
+        group.append((layer, drawn))
+        size += bytes_
+    if group:
+        _draw_group(group, found, files, root, model, input_size, fed, out, rows)
     (out / TABLE).write_text(json.dumps(rows))
     return rows
 
 
-def _display_copy(path: Path, input_size: int) -> np.ndarray:
-    """The original image as RGB in [0, 1], no longer than DISPLAY_SIDE input sides (a huge photograph
-    is shown, not kept whole)."""
-    image = exemplars.decode(tf.io.read_file(str(path)), 3, input_size)
-    height, width = int(image.shape[0]), int(image.shape[1])
-    scale = min(1.0, DISPLAY_SIDE * input_size / max(height, width))
-    if scale < 1.0:
-        image = tf.image.resize(image, (max(1, round(height * scale)), max(1, round(width * scale))), antialias=True)
-    return np.asarray(image, np.float32) / 255.0
+def _draw_group(group, found: Found, files: Sequence[Path], root: Path, model: keras.Model, input_size: int,
+                fed: str, out: Path, rows: Dict[str, list]) -> None:
+    from filterviz.core.models import preprocessor
+
+    drawings = []
+    for layer, drawn in group:
+        slots = found.slots(layer)
+        count = found.top[layer].values.shape[0]
+        drawing = Drawing(layer, slots, drawn, np.full((count, len(slots), TILE, TILE, 3), 255, np.uint8),
+                          np.full((count, len(slots)), np.nan, np.float32), {})
+        for slot, (_, picks, column) in enumerate(slots):
+            for channel in drawn:
+                image = int(picks.images[channel, column])
+                if image != EMPTY:
+                    drawing.users.setdefault(image, []).append((channel, slot))
+        drawings.append(drawing)
+    numbers = sorted(set().union(*(d.users for d in drawings)))
+    fields = {d.layer: receptive_field(model, d.layer, input_size) for d in drawings}
+    step = exemplars.forward_step(model, [d.layer for d in drawings])
+    fed_images = exemplars.dataset([files[i] for i in numbers], numbers, input_size, 3, RENDER_BATCH, preprocessor(fed))
+    shown = exemplars.dataset([files[i] for i in numbers], numbers, DISPLAY_SIDE * input_size, 3, RENDER_BATCH)
+    for (batch, batch_numbers), (display, _) in zip(fed_images.as_numpy_iterator(), shown.as_numpy_iterator()):
+        for drawing, maps in zip(drawings, step(batch)):
+            uses = [(b, channel, slot) for b, number in enumerate(batch_numbers)
+                    for channel, slot in drawing.users.get(int(number), [])]
+            if not uses:
+                continue
+            where = [(int(drawing.slots[slot][1].ys[channel, drawing.slots[slot][2]]),
+                      int(drawing.slots[slot][1].xs[channel, drawing.slots[slot][2]])) for _, channel, slot in uses]
+            index, chosen = np.array([u[0] for u in uses]), np.array([u[1] for u in uses])
+            values = maps[index, [y for y, _ in where], [x for _, x in where], chosen].astype(np.float32)
+            boxes = np.array([shown_box(fields[drawing.layer].box(y, x, input_size), input_size) for y, x in where],
+                             np.float32)
+            drawn_tiles = _tiles(display, maps[index, :, :, chosen].astype(np.float32), values, index, boxes, input_size)
+            for (_, channel, slot), value, tile in zip(uses, values, drawn_tiles):
+                drawing.activation[channel, slot] = value
+                drawing.tiles[channel, slot] = tile
+    for drawing in drawings:
+        layer, field = drawing.layer, fields[drawing.layer]
+        (out / FOLDER / layer).mkdir(parents=True, exist_ok=True)
+        for channel in drawing.drawn:
+            name = strip_name(layer, channel)
+            _strip(drawing.tiles[channel], found.top[layer].k).save(out / name, quality=90)
+            for slot, (kind, picks, column) in enumerate(drawing.slots):
+                image = int(picks.images[channel, column])
+                if image == EMPTY:
+                    continue
+                y, x = int(picks.ys[channel, column]), int(picks.xs[channel, column])
+                for key, value in (("layer", layer), ("filter", channel), ("kind", kind),
+                                   ("rank", column + 1 if kind == "top" else 0),
+                                   ("file", str(files[image].relative_to(root))), ("image", image), ("y", y), ("x", x),
+                                   ("activation", float(drawing.activation[channel, slot])),
+                                   ("field", list(field.box(y, x, input_size))), ("strip", name)):
+                    rows[key].append(value)
 
 
-def _tile(original: np.ndarray, unit_map: np.ndarray, value: float, box, input_size: int) -> np.ndarray:
-    """The unit's receptive field in the original, dimmed where the channel's map (upsampled to the
-    input) is weaker than at the unit: the activation map over the crop."""
-    piece = exemplars.crop(original, box, input_size, fill=1.0)
-    upsampled = np.asarray(tf.image.resize(unit_map[..., None].astype(np.float32), (input_size, input_size)))
-    strength = np.clip(upsampled / value, 0.0, 1.0) if value > 0 else np.zeros_like(upsampled)
-    over = exemplars.crop(strength, box, input_size, fill=0.0)
-    picture = np.asarray(Image.fromarray((piece * 255).astype(np.uint8)).resize((TILE, TILE), Image.BILINEAR),
-                         np.float32)
-    mask = np.asarray(Image.fromarray((over[..., 0] * 255).astype(np.uint8)).resize((TILE, TILE), Image.BILINEAR),
-                      np.float32)[..., None] / 255.0
-    return (picture * (0.3 + 0.7 * mask)).astype(np.uint8)
+def shown_box(box, input_size: int):
+    """What a tile shows of a unit's field: the field itself (past the picture's edge, the padding,
+    white), or the whole picture for a field at least as large as the picture (deep layers, whose
+    field would otherwise show the picture small in a frame of padding)."""
+    top, left, bottom, right = box
+    if bottom - top + 1 >= input_size and right - left + 1 >= input_size:
+        return 0, 0, input_size - 1, input_size - 1
+    return box
+
+
+def _tiles(display: np.ndarray, unit_maps: np.ndarray, values: np.ndarray, index: np.ndarray, boxes: np.ndarray,
+           input_size: int) -> np.ndarray:
+    """Each example's tile: its unit's receptive field `boxes` (top, left, bottom, right in the input)
+    cropped from the `display` copies of the batch's images (image `index`), dimmed where the unit's
+    channel (`unit_maps`, one map a tile) is weaker than at the unit (`values`): the activation map
+    over the crop. Bilinear crops of the whole batch at once; past the image's edge, white."""
+    top, left, bottom, right = (boxes[:, i] for i in range(4))
+    pictures = exemplars.field_crops(display, boxes, index, input_size, TILE)
+    height, width = unit_maps.shape[1:3]
+    # map pixel i is centred on input (i + 0.5) * input / height (the first and last samples on the
+    # field's first and last pixel centres); one edge pixel of padding each side
+    # so a field at the picture's border samples the border's value, not nothing
+    padded = np.pad(unit_maps, ((0, 0), (1, 1), (1, 1)), mode="edge")[..., None]
+    to_map = lambda u, n: (u * n / input_size - 0.5 + 1) / (n + 1)  # noqa: E731
+    over = np.stack([to_map(top + 0.5, height), to_map(left + 0.5, width), to_map(bottom + 0.5, height),
+                     to_map(right + 0.5, width)], 1)
+    strength = tf.image.crop_and_resize(padded, over.astype(np.float32), np.arange(len(index)), (TILE, TILE)).numpy()
+    mask = np.where(values[:, None, None, None] > 0,
+                    np.clip(strength / np.maximum(values, 1e-30)[:, None, None, None], 0.0, 1.0), 0.0)
+    return (np.clip(pictures * (0.3 + 0.7 * mask), 0, 1) * 255).astype(np.uint8)
 
 
 def _strip(tiles: np.ndarray, k: int) -> Image.Image:

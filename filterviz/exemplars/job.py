@@ -90,9 +90,19 @@ def run(cfg: DictConfig, output_dir: Path, command: str, parent_run_id: Optional
     model = load(cfg)
     request = request_for(cfg, model, OmegaConf.to_object(cfg.layers) if OmegaConf.is_config(cfg.layers)
                           else cfg.layers, cfg)
-    results = output_dir / "results"
-    label = settings.model_label(cfg.model.name, cfg.model.path)
-    sharded = parent_run_id is not None
+    return find(request, model, cfg.data, output_dir / "results", tracker, command, params_of(cfg, request),
+                parent_run_id, cfg.shard, cfg.shards, settings.model_label(cfg.model.name, cfg.model.path),
+                dict(cfg.tracking.tags))
+
+
+def find(request: Request, model: keras.Model, data: str, results: Path, tracker: Optional[tracking.Tracker],
+         command: str = "", params: Optional[Dict[str, str]] = None, parent_run_id: Optional[str] = None,
+         shard: int = 0, shards: int = 1, label: str = "", tags: Optional[Dict[str, str]] = None,
+         channels: Optional[Dict[str, List[int]]] = None) -> Outcome:
+    """The pass of `request` (shard `shard` of `shards`), from its checkpoint, into `results`; with a
+    tracker, into its own run (under `parent_run_id`), or read back from the run of an earlier
+    command that finished it. `channels`: per layer, the filters to draw (default: every one)."""
+    sharded = shards > 1
     if tracker is not None and not sharded:
         done = recorded(tracker, request.key)
         if done is not None:
@@ -107,36 +117,35 @@ def run(cfg: DictConfig, output_dir: Path, command: str, parent_run_id: Optional
                            skipped.read_text().splitlines() if skipped.is_file() else [],
                            metrics.get("seconds", 0.0), done, tracker.run_url(done), tracker.store.ui_command(),
                            already_recorded=True)
-    print(f"{label} examples: {len(request.files)} image(s) of {cfg.data}, {len(request.layers)} layer(s), "
-          f"top {request.k}" + (f", shard {cfg.shard + 1} of {cfg.shards}" if sharded else ""))
-    folder = request.folder(cfg.shard, cfg.shards)
+    print(f"{label} examples: {len(request.files)} image(s) of {data}, {len(request.layers)} layer(s), "
+          f"top {request.k}" + (f", shard {shard + 1} of {shards}" if sharded else ""))
+    folder = request.folder(shard, shards)
     before = ShardState.load(folder)
     resumed = 0 if before is None else int(before.seen.sum())
     if resumed and not before.complete:
         print(f"resuming from the checkpoint in {folder}: {resumed} image(s) already read")
     if tracker is None:
-        state = run_shard(request, model, cfg.shard, cfg.shards)
-        return finish(request, model, [state], 1, results, cfg.data, resumed)
-    name = f"{label} examples" + (f" · shard {cfg.shard + 1}/{cfg.shards}" if sharded else "")
-    tags = {**provenance.provenance_tags(command), KEY_TAG if not sharded else SHARD_TAG: request.key,
-            **cfg.tracking.tags}
-    with tracker.run(name, params_of(cfg, request), tags, parent_run_id) as run_id:
-        state = run_shard(request, model, cfg.shard, cfg.shards, on_checkpoint=progress(tracker, run_id))
+        state = run_shard(request, model, shard, shards)
+        return finish(request, model, [state], 1, results, data, resumed, channels)
+    name = f"{label} examples" + (f" · shard {shard + 1}/{shards}" if sharded else "")
+    tags = {**provenance.provenance_tags(command), KEY_TAG if not sharded else SHARD_TAG: request.key, **(tags or {})}
+    with tracker.run(name, params or {}, tags, parent_run_id) as run_id:
+        state = run_shard(request, model, shard, shards, on_checkpoint=progress(tracker, run_id))
         progress(tracker, run_id, every=0)(state)
         if sharded:
             return Outcome(results, request, int(state.seen.sum()), seconds=state.seconds, run_id=run_id,
                            resumed_from=resumed)
-        outcome = finish(request, model, [state], 1, results, cfg.data, resumed)
+        outcome = finish(request, model, [state], 1, results, data, resumed, channels)
         keep(tracker, run_id, outcome)
     return outcome
 
 
 def finish(request: Request, model: keras.Model, states: List[ShardState], shards: int, results: Path,
-           data: str, resumed: int = 0) -> Outcome:
+           data: str, resumed: int = 0, channels: Optional[Dict[str, List[int]]] = None) -> Outcome:
     """The merged pass written as strips, arrays and table into `results`."""
     found = merged(request, model, states, shards)
     started = time.perf_counter()
-    examples.write(found, request.files, Path(data), model, request.input_size, request.fed, results)
+    examples.write(found, request.files, Path(data), model, request.input_size, request.fed, results, channels)
     skipped = [str(f.relative_to(Path(data))) for f, seen in zip(request.files, found.seen) if not seen]
     if skipped:
         (results / examples.FOLDER / "skipped.txt").write_text("\n".join(skipped) + "\n")

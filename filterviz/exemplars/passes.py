@@ -130,14 +130,14 @@ def run_shard(request: Request, model: keras.Model, shard: int = 0, shards: int 
     if state.complete:
         return state
     maxima = {}
-    for layer, width in zip(request.layers, _widths(model, request)):
+    for layer, width in zip(request.layers, exemplars.map_widths(model, request.layers, request.input_size)):
         channels = int(exemplars.layers_model(model, [layer]).outputs[0].shape[-1])
         maxima[layer] = (Maxima(folder, layer, channels, numbers.start, numbers.stop), width)
     from filterviz.core.models import preprocessor
 
     todo = range(state.next, numbers.stop)
-    data = exemplars.dataset([request.files[i] for i in todo], todo, request.input_size, 3, request.batch_size,
-                             preprocessor(request.fed))
+    data = exemplars.dataset([request.files[i] for i in todo], list(todo), request.input_size, 3,
+                             request.batch_size, preprocessor(request.fed))
     label = "examples" if shards == 1 else f"examples, shard {shard + 1}/{shards}"
     progress = Progress(len(numbers), state.next - numbers.start, label)
     last, began = time.perf_counter(), time.perf_counter()
@@ -164,8 +164,9 @@ def run_shard(request: Request, model: keras.Model, shard: int = 0, shards: int 
             last = time.perf_counter()
 
     try:
-        state.found = exemplars.scan(model, request.layers, data.as_numpy_iterator(), request.k, state.found,
-                                     after_batch)
+        if len(todo):
+            state.found = exemplars.scan(model, request.layers, data.as_numpy_iterator(), request.k, state.found,
+                                         after_batch, request.input_size)
     except Stopped:
         checkpoint()
         raise
@@ -178,14 +179,6 @@ def run_shard(request: Request, model: keras.Model, shard: int = 0, shards: int 
     return state
 
 
-def _widths(model: keras.Model, request: Request) -> List[int]:
-    """Each layer's map width at the input size: a maximum's flat position is y * width + x."""
-    shapes = exemplars.layers_model(model, request.layers).compute_output_shape(
-        (1, request.input_size, request.input_size, 3))
-    shapes = shapes if isinstance(shapes, list) and isinstance(shapes[0], (tuple, list)) else [shapes]
-    return [int(shape[2]) for shape in shapes]
-
-
 def merged(request: Request, model: keras.Model, states: Sequence[ShardState], shards: int):
     """The whole pass from its shards' states: the top k merged, the quantiles over every image."""
     from filterviz.exemplars.examples import Found
@@ -195,7 +188,7 @@ def merged(request: Request, model: keras.Model, states: Sequence[ShardState], s
         for layer, found in state.found.items():
             top[layer] = top[layer].merge(found) if layer in top else found
     quantiles = {}
-    for layer, width in zip(request.layers, _widths(model, request)):
+    for layer, width in zip(request.layers, exemplars.map_widths(model, request.layers, request.input_size)):
         channels = top[layer].values.shape[0]
         parts = [(Maxima(request.folder(i, shards), layer, channels, r.start, r.stop), state.seen)
                  for i, (state, r) in enumerate(zip(states, (request.shard_range(i, shards) for i in range(shards))))]

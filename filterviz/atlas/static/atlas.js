@@ -73,6 +73,11 @@
     $("detail-title").textContent = `${data.layer} · filter ${f.filter}${f.dead ? " (dead)" : ""}`;
     $("detail-picture").src = tile.querySelector("img").src;
     $("detail-picture").alt = `filter ${f.filter}`;
+    $("detail-examples-figure").hidden = !f.examples;
+    if (f.examples) {
+      $("detail-examples").src = tile.querySelector("img.examples").src;
+      $("detail-examples").alt = `dataset examples of filter ${f.filter}`;
+    }
     drawCurve(f.curve);
     $("detail-figures").replaceChildren(...data.figures.map((name) => {
       const row = document.createElement("tr");
