@@ -70,7 +70,9 @@ def unknown_group_choice(overrides: List[str]) -> Optional[str]:
 
 def main(app: Optional[Callable[[], None]] = None) -> None:
     """Run a Hydra app (by default the run's) with stop signals turned into ended runs."""
-    problem = unknown_group_choice(sys.argv[1:])
+    from filterviz.recording.folders import output_problem
+
+    problem = unknown_group_choice(sys.argv[1:]) or output_problem(sys.argv[1:])
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         sys.exit(1)

@@ -27,7 +27,7 @@ from filterviz.core.filters import parse_filters
 from filterviz.config import check_ranges
 from filterviz.errors import ConfigError, Stopped, first_line
 from filterviz.groups import GROUPS, build
-from filterviz.recording import files, images, provenance, settings, tracking
+from filterviz.recording import files, folders, images, provenance, settings, tracking
 from filterviz.recording.live import LiveRun
 
 @dataclass
@@ -270,6 +270,7 @@ def run(cfg: DictConfig, output_dir: Path, overrides: Sequence[str] = (), comman
     """One run. `overrides`: the settings given on the command line (they name the run);
     `run_name`: a sweep job's name instead (the values it sweeps)."""
     check_settings(cfg)
+    folders.usable_folder(output_dir / "results", "the run's results folder")  # before anything is computed
     global _jobs_run
     if _jobs_run:  # an atlas runs many jobs in one process: drop the last job's Keras state (0.3 s of gc)
         keras.backend.clear_session()

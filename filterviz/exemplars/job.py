@@ -24,7 +24,7 @@ from filterviz.core.exemplars import image_files
 from filterviz.errors import ConfigError, first_line
 from filterviz.exemplars import examples
 from filterviz.exemplars.passes import Request, ShardState, merged, run_shard
-from filterviz.recording import provenance, settings, tracking
+from filterviz.recording import folders, provenance, settings, tracking
 from filterviz.recording.owners import HEARTBEAT_TAG
 
 KEY_TAG = "filterviz.exemplars"  # the pass's key (passes.Request.key), on the run that holds its examples
@@ -103,6 +103,7 @@ def find(request: Request, model: keras.Model, data: str, results: Path, tracker
     tracker, into its own run (under `parent_run_id`), or read back from the run of an earlier
     command that finished it. `channels`: per layer, the filters to draw (default: every one)."""
     sharded = shards > 1
+    folders.usable_folder(results, "the examples' folder")  # before the pass, not after it
     if tracker is not None and not sharded:
         done = recorded(tracker, request.key)
         if done is not None:

@@ -14,6 +14,7 @@
                                   had got to (losses.npy and activations.npy are NaN where steps did not run)
 """
 
+import os
 from pathlib import Path
 from typing import Optional
 

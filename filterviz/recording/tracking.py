@@ -81,12 +81,20 @@ def resolve_store(uri: Optional[str] = None, must_exist: bool = False) -> Store:
     db = Path(uri[len("sqlite:///") :]).expanduser().resolve()
     if must_exist and not db.is_file():
         raise ConfigError(f"no MLflow store at {db}: pass --tracking-uri or set MLFLOW_TRACKING_URI")
+    if db.is_dir() or (db.is_file() and db.stat().st_size and not _is_sqlite(db)):
+        raise ConfigError(f"{db} is not an MLflow store (not an SQLite database): point at the store's mlflow.db "
+                          "(--tracking-uri or tracking.uri=sqlite:///path/mlflow.db)")
     try:
         db.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ConfigError(f"cannot make the MLflow store's folder {db.parent} ({e.strerror}): "
                           "set tracking.uri to a writable place") from None
     return Store(f"sqlite:///{db}", (db.parent / "artifacts").as_uri())
+
+
+def _is_sqlite(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(16) == b"SQLite format 3\x00"
 
 
 @contextmanager
