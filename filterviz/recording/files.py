@@ -14,7 +14,6 @@
                                   had got to (losses.npy and activations.npy are NaN where steps did not run)
 """
 
-import os
 from pathlib import Path
 from typing import Optional
 
