@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from filterviz.core.exemplars import EMPTY, TopK, dataset, image_files, scan
+from filterviz.core.exemplars import EMPTY, Maxima, TopK, dataset, image_files, quantile_picks, scan
 from filterviz.errors import ConfigError
 
 
@@ -43,6 +43,28 @@ def test_batch_by_batch_and_shard_by_shard_the_top_k_is_the_brute_force_one():
     # fewer images than k: the empty slots stay empty, after the images
     few = TopK.of_batch(activations[:2], np.array([7, 3]), k)
     assert (few.images[:, 2:] == EMPTY).all() and np.isinf(few.values[:, 2:]).all()
+
+
+def test_a_quantile_is_the_image_at_its_rank_whatever_the_shards_and_keeps_large_activations(tmp_path):
+    """Rank ceil(q * n) from the bottom, ties by image number: with 10 images, 90 % is the 9th (in
+    floating point 0.9 * 10 is 9.000000000000002); values past float16's range kept as they are."""
+    rng = np.random.default_rng(1)
+    values = rng.permutation(10).astype(np.float32)[:, None] * 1e5  # image i has value values[i]
+    where = np.arange(10, dtype=np.int64)[:, None]
+    (tmp_path / "whole").mkdir()
+    whole = Maxima(tmp_path / "whole", "layer", 1, 0, 10)
+    whole.write(np.arange(10), values, where)
+    parts = []
+    for start, stop in ((0, 4), (4, 10)):
+        (tmp_path / f"{start}").mkdir()
+        part = Maxima(tmp_path / f"{start}", "layer", 1, start, stop)
+        part.write(np.arange(start, stop), values[start:stop], where[start:stop])
+        parts.append((part, np.ones(stop - start, bool)))
+    rising = np.argsort(values[:, 0], kind="stable")
+    for found in (quantile_picks([(whole, np.ones(10, bool))], [0.9, 0.5, 0.1], 5), quantile_picks(parts, [0.9, 0.5, 0.1], 5)):
+        for q, rank in ((0.9, 9), (0.5, 5), (0.1, 1)):
+            assert found[q].images[0, 0] == rising[rank - 1] and found[q].values[0, 0] == values[rising[rank - 1], 0]
+            assert divmod(int(rising[rank - 1]), 5) == (found[q].ys[0, 0], found[q].xs[0, 0])
 
 
 def small_net():

@@ -119,20 +119,22 @@ def decode(contents: tf.Tensor, channels: int, input_size: int) -> tf.Tensor:
 
 
 def dataset(files: Sequence[Path], numbers: Sequence[int], input_size: int, channels: int, batch: int,
-            preprocess: Optional[Callable] = None) -> tf.data.Dataset:
+            preprocess: Optional[Callable] = None, display_size: Optional[int] = None) -> tf.data.Dataset:
     """(images, numbers) batches: decoded in parallel (gray, alpha and 16-bit images to `channels` 8-bit
     channels), resized to `input_size` square, [0, 1], then `preprocess` (the model's, in the graph);
-    an undecodable file is dropped (its number is then missing from the numbers seen)."""
+    an undecodable file is dropped (its number is then missing from the numbers seen). With
+    `display_size`, (images, numbers, displays): each image also at that side, from the same decode."""
     def load(path, number):
-        image = decode(tf.io.read_file(path), channels, input_size)
-        image = tf.image.resize(tf.cast(image, tf.float32) / 255.0, (input_size, input_size), antialias=True)
-        return tf.clip_by_value(image, 0.0, 1.0), number
+        image = tf.cast(decode(tf.io.read_file(path), channels, max(input_size, display_size or 0)), tf.float32) / 255.0
+        sized = lambda side: tf.clip_by_value(tf.image.resize(image, (side, side), antialias=True), 0.0, 1.0)  # noqa: E731
+        return (sized(input_size), number) + (() if display_size is None else (sized(display_size),))
 
-    data = tf.data.Dataset.from_tensor_slices(([str(f) for f in files], np.asarray(numbers, np.int64)))
+    data = tf.data.Dataset.from_tensor_slices((tf.constant([str(f) for f in files], tf.string),
+                                               np.asarray(numbers, np.int64)))
     data = data.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     data = data.ignore_errors().batch(batch)
     if preprocess is not None:
-        data = data.map(lambda images, number: (preprocess(images), number), num_parallel_calls=tf.data.AUTOTUNE)
+        data = data.map(lambda images, *rest: (preprocess(images), *rest), num_parallel_calls=tf.data.AUTOTUNE)
     return data.prefetch(tf.data.AUTOTUNE)
 
 
@@ -194,9 +196,11 @@ def scan(model: keras.Model, layers: Sequence[str], batches: Iterable[Tuple[np.n
         numbers = np.asarray(numbers)
         widths = widths or map_widths(model, layers, input_size or images.shape[1])
         maxima = step(images)
+        merged = dict(found)  # a new dict per batch: a stop signal mid-merge leaves the last one whole
         for name, (best, where), width in zip(layers, maxima, widths):
             batch = TopK.of_maxima(best, where, width, numbers, k)
-            found[name] = found[name].merge(batch) if name in found else batch
+            merged[name] = merged[name].merge(batch) if name in merged else batch
+        found = merged
         if after_batch is not None:
             after_batch(found, numbers, maxima)
     return found
@@ -204,7 +208,7 @@ def scan(model: keras.Model, layers: Sequence[str], batches: Iterable[Tuple[np.n
 
 class Maxima:
     """Every image's spatial maximum per channel of one layer, and where it is, for the quantiles:
-    on disk (values as float16, flat positions as uint32), a row per image of [start, stop), so
+    on disk (values as float32, flat positions as uint32), a row per image of [start, stop), so
     memory does not grow with the images. Rows are written at the image's place: a resumed pass
     writes again what it computes again."""
 
@@ -212,15 +216,15 @@ class Maxima:
 
     def __init__(self, folder: Path, layer: str, channels: int, start: int, stop: int):
         self.channels, self.start, self.stop = channels, start, stop
-        self.paths = (Path(folder) / f"maxima-{layer}.f16", Path(folder) / f"where-{layer}.u32")
-        for path, dtype in zip(self.paths, (np.float16, np.uint32)):
+        self.paths = (Path(folder) / f"maxima-{layer}.f32", Path(folder) / f"where-{layer}.u32")
+        for path, dtype in zip(self.paths, (np.float32, np.uint32)):
             size = (stop - start) * channels * np.dtype(dtype).itemsize
             if not path.is_file() or path.stat().st_size != size:
                 with open(path, "wb") as f:
                     f.truncate(size)  # sparse: no memory, no disk until written
 
     def write(self, numbers: np.ndarray, best: np.ndarray, where: np.ndarray) -> None:
-        for path, rows in zip(self.paths, (best.astype(np.float16), where.astype(np.uint32))):
+        for path, rows in zip(self.paths, (best.astype(np.float32), where.astype(np.uint32))):
             fd = os.open(path, os.O_WRONLY)
             try:
                 for number, row in zip(numbers, rows):
@@ -231,7 +235,7 @@ class Maxima:
     def columns(self, c0: int, c1: int) -> Tuple[np.ndarray, np.ndarray]:
         """Channels [c0, c1) of every row: (rows, c1 - c0) values (float32) and positions."""
         out = []
-        for path, dtype in zip(self.paths, (np.float16, np.uint32)):
+        for path, dtype in zip(self.paths, (np.float32, np.uint32)):
             parts = []
             with open(path, "rb") as f:
                 for row in range(0, self.stop - self.start, self.READ_ROWS):
@@ -239,7 +243,7 @@ class Maxima:
                     block = np.fromfile(f, dtype=dtype, count=count).reshape(-1, self.channels)
                     parts.append(block[:, c0:c1].copy())
             out.append(np.concatenate(parts) if parts else np.zeros((0, c1 - c0), dtype))
-        return out[0].astype(np.float32), out[1]
+        return out[0], out[1]
 
 
 def quantile_picks(parts: Sequence[Tuple[Maxima, np.ndarray]], quantiles: Sequence[float], width: int,
@@ -266,7 +270,7 @@ def quantile_picks(parts: Sequence[Tuple[Maxima, np.ndarray]], quantiles: Sequen
         for channel in range(c1 - c0):
             order = np.lexsort((numbers, values[:, channel]))
             for q, found in picks.items():
-                i = order[min(n - 1, max(0, int(np.ceil(q * n)) - 1))]
+                i = order[min(n - 1, max(0, int(np.ceil(round(q * n, 9))) - 1))]  # 0.9 * 10 is 9.000000000000002
                 found.values[c0 + channel, 0] = values[i, channel]
                 found.images[c0 + channel, 0] = numbers[i]
                 found.ys[c0 + channel, 0], found.xs[c0 + channel, 0] = divmod(int(where[i, channel]), width)

@@ -104,9 +104,12 @@ def _draw_group(group, found: Found, files: Sequence[Path], root: Path, model: k
     numbers = sorted(set().union(*(d.users for d in drawings)))
     fields = {d.layer: receptive_field(model, d.layer, input_size) for d in drawings}
     step = exemplars.forward_step(model, [d.layer for d in drawings])
-    fed_images = exemplars.dataset([files[i] for i in numbers], numbers, input_size, 3, RENDER_BATCH, preprocessor(fed))
-    shown = exemplars.dataset([files[i] for i in numbers], numbers, DISPLAY_SIDE * input_size, 3, RENDER_BATCH)
-    for (batch, batch_numbers), (display, _) in zip(fed_images.as_numpy_iterator(), shown.as_numpy_iterator()):
+    channels = int(model.input_shape[-1])
+    batches = exemplars.dataset([files[i] for i in numbers], numbers, input_size, channels, RENDER_BATCH,
+                                preprocessor(fed, channels), display_size=DISPLAY_SIDE * input_size)
+    for batch, batch_numbers, display in batches.as_numpy_iterator():
+        if channels != 3:  # tiles are RGB: a gray model's images shown gray
+            display = np.repeat(display[..., :1], 3, axis=-1)
         for drawing, maps in zip(drawings, step(batch)):
             uses = [(b, channel, slot) for b, number in enumerate(batch_numbers)
                     for channel, slot in drawing.users.get(int(number), [])]

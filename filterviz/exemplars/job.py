@@ -127,6 +127,8 @@ def find(request: Request, model: keras.Model, data: str, results: Path, tracker
         print(f"resuming from the checkpoint in {folder}: {resumed} image(s) already read")
     if tracker is None:
         state = run_shard(request, model, shard, shards)
+        if sharded:  # the launching process merges the shards
+            return Outcome(results, request, int(state.seen.sum()), seconds=state.seconds, resumed_from=resumed)
         return finish(request, model, [state], 1, results, data, resumed, channels)
     name = f"{label} examples" + (f" · shard {shard + 1}/{shards}" if sharded else "")
     tags = {**provenance.provenance_tags(command), KEY_TAG if not sharded else SHARD_TAG: request.key, **(tags or {})}

@@ -1,9 +1,9 @@
 """One pass (or one shard of it) over a folder of images, checkpointed so that the same command
 resumes it after any stop, SIGKILL included.
 
-A pass is named by what it computes (`Request.key`: the files, the network's fingerprint, the
-layers, k, the input size, the preprocessing, the precision and the batch): its checkpoints live
-in `<checkpoints>/<key>/shard-<i>-of-<n>/`. A checkpoint is the top k of every layer, the images
+A pass is named by what it computes (`Request.key`: the files, with their sizes and modification
+times, the network's fingerprint, the layers, k, the input size, the preprocessing, the precision
+and the batch): its checkpoints live in `<checkpoints>/<key>/shard-<i>-of-<n>/`. A checkpoint is the top k of every layer, the images
 seen and the next image to read, written to a new file and renamed over the old one, so a kill at
 any moment leaves the last whole checkpoint. The per-image maxima (for the quantiles) are written
 to their files before each checkpoint; rows written after it are written again on resume.
@@ -45,10 +45,14 @@ class Request:
     checkpoints: Path
     checkpoint_seconds: float = 30.0
 
+    def __post_init__(self):
+        # the files as they are now: an image replaced under the same name is another pass
+        stamps = (f"{f}\t{s.st_size}\t{s.st_mtime_ns}" for f, s in ((f, f.stat()) for f in self.files))
+        self.files_digest = hashlib.sha256("\n".join(stamps).encode()).hexdigest()
+
     @property
     def key(self) -> str:
-        names = hashlib.sha256("\n".join(map(str, self.files)).encode()).hexdigest()
-        what = [names, self.layers, self.k, self.quantiles, self.input_size, self.batch_size, self.fed,
+        what = [self.files_digest, self.layers, self.k, self.quantiles, self.input_size, self.batch_size, self.fed,
                 self.precision, self.fingerprint]
         return hashlib.sha256(json.dumps(what).encode()).hexdigest()[:16]
 
@@ -131,19 +135,24 @@ def run_shard(request: Request, model: keras.Model, shard: int = 0, shards: int 
         return state
     maxima = {}
     for layer, width in zip(request.layers, exemplars.map_widths(model, request.layers, request.input_size)):
-        channels = int(exemplars.layers_model(model, [layer]).outputs[0].shape[-1])
-        maxima[layer] = (Maxima(folder, layer, channels, numbers.start, numbers.stop), width)
+        units = int(exemplars.layers_model(model, [layer]).outputs[0].shape[-1])
+        maxima[layer] = (Maxima(folder, layer, units, numbers.start, numbers.stop), width)
     from filterviz.core.models import preprocessor
 
     todo = range(state.next, numbers.stop)
-    data = exemplars.dataset([request.files[i] for i in todo], list(todo), request.input_size, 3,
-                             request.batch_size, preprocessor(request.fed))
+    channels = int(model.input_shape[-1])
+    data = exemplars.dataset([request.files[i] for i in todo], list(todo), request.input_size, channels,
+                             request.batch_size, preprocessor(request.fed, channels))
     label = "examples" if shards == 1 else f"examples, shard {shard + 1}/{shards}"
     progress = Progress(len(numbers), state.next - numbers.start, label)
     last, began = time.perf_counter(), time.perf_counter()
     spent = state.seconds
+    # what the batches so far add up to, replaced in one assignment: a stop signal between any two
+    # lines leaves it naming a whole number of batches, so a checkpoint never counts half of one
+    reached = (state.found, state.seen, state.next)
 
     def checkpoint(complete: bool = False) -> None:
+        state.found, state.seen, state.next = reached
         state.seconds = spent + time.perf_counter() - began
         state.complete = complete
         state.save(folder)
@@ -151,30 +160,30 @@ def run_shard(request: Request, model: keras.Model, shard: int = 0, shards: int 
             on_checkpoint(state)
 
     def after_batch(found, batch_numbers, batch_maxima) -> None:
-        nonlocal last
+        nonlocal last, reached
         for layer, (best, where) in zip(request.layers, batch_maxima):
-            maxima[layer][0].write(batch_numbers, best, where)
-        state.found = found
-        state.seen[batch_numbers - numbers.start] = True
+            maxima[layer][0].write(batch_numbers, best, where)  # at the images' places: writing again is harmless
+        seen = reached[1].copy()
+        seen[batch_numbers - numbers.start] = True
         # the next image to read: past this batch, and past any unreadable files just before it
-        state.next = int(batch_numbers.max()) + 1
-        progress.update(len(batch_numbers), state.next - numbers.start)
+        reached = (found, seen, int(batch_numbers.max()) + 1)
+        progress.update(len(batch_numbers), reached[2] - numbers.start)
         if time.perf_counter() - last >= request.checkpoint_seconds:
             checkpoint()
             last = time.perf_counter()
 
     try:
         if len(todo):
-            state.found = exemplars.scan(model, request.layers, data.as_numpy_iterator(), request.k, state.found,
-                                         after_batch, request.input_size)
+            exemplars.scan(model, request.layers, data.as_numpy_iterator(), request.k, state.found, after_batch,
+                           request.input_size)
     except Stopped:
         checkpoint()
         raise
     finally:
         progress.close()
-    state.next = numbers.stop
-    for layer in request.layers:  # a shard of unreadable files only: empty slots, ready to merge
-        state.found.setdefault(layer, TopK.empty(maxima[layer][0].channels, request.k))
+    found = {layer: reached[0].get(layer) or TopK.empty(maxima[layer][0].channels, request.k)
+             for layer in request.layers}  # a shard of unreadable files only: empty slots, ready to merge
+    reached = (found, reached[1], numbers.stop)
     checkpoint(complete=True)
     return state
 
