@@ -193,15 +193,16 @@ def execute(plan: Plan, results_dir: Path, live: Optional[LiveRun] = None) -> Ou
         outcome = Outcome(result, judge(plan, result), time.perf_counter() - start)
         if cfg.exemplars.data is not None and not cfg.get("atlas"):  # an atlas finds its examples once, for all
             outcome.quality.vs_examples = examples_beside(plan, result, outcome.quality, results_dir)
+        files.write_results(result, outcome.quality, plan.title, results_dir, _resolved(cfg))
     except Stopped as stop:
-        reached = result or ascent.partial()  # a finished ascent stopped while judged keeps its images
+        # a finished ascent stopped while judged or written keeps its images (written again, whole)
+        reached = result or ascent.partial()
         if reached is not None:
             title = plan.title if reached.complete else f"{plan.title} ({stop}: partial)"
             files.write_results(reached, None, title, results_dir, _resolved(cfg))
         raise
     finally:
         progress.close()
-    files.write_results(result, outcome.quality, plan.title, results_dir, _resolved(cfg))
     return outcome
 
 

@@ -26,7 +26,7 @@ POSTGRES = os.environ.get("FILTERVIZ_TEST_POSTGRES_URI")
 pytestmark = [
     needs_weights,
     pytest.mark.skipif(not POSTGRES, reason="no PostgreSQL: FILTERVIZ_TEST_POSTGRES_URI is unset "
-                                            "(.ci/run starts one; see README, 'A team store')"),
+                                            "(.ci/run starts one; see docs/clusters.md, 'A team store')"),
 ]
 
 
@@ -113,8 +113,8 @@ LONG = ["layer=block1_conv1", "filters=0:2", "iters=3000", "input_size=32", f"mo
         "hydra.run.dir=out"]
 
 
-def start(base: str, experiment: str, cwd) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "filterviz", *LONG, f"tracking.uri={base}",
+def start(base: str, experiment: str, cwd, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "filterviz", *LONG, *extra, f"tracking.uri={base}",
                              f"tracking.experiment={experiment}"], cwd=cwd, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env={**os.environ, "HYDRA_FULL_ERROR": "0"})
 
@@ -155,7 +155,7 @@ def test_a_server_that_goes_away_mid_run_loses_nothing_computed(server_process, 
     ends with one line naming the folder that holds every result."""
     base, server_proc = server_process
     experiment = f"gone-{uuid.uuid4().hex[:8]}"
-    stopped = start(base, experiment, tmp_path)
+    stopped = start(base, experiment, tmp_path, "iters=100000")  # still ascending when stopped, however slow the machine
     own_end = subprocess.Popen(
         [sys.executable, "-m", "filterviz", *LONG, "iters=1500", "hydra.run.dir=own_end", f"tracking.uri={base}",
          f"tracking.experiment={experiment}"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
