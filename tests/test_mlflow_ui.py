@@ -1,7 +1,7 @@
 """What a user sees of filterviz's runs in the real MLflow UI, in headless Chromium.
 
 The store is made by filterviz itself: a two-job sweep. Screenshots go to a temporary
-folder, or to $FILTERVIZ_UI_SCREENSHOTS (docs/ refreshes the README's pictures).
+folder, or to $FILTERVIZ_UI_SCREENSHOTS (docs/ refreshes the pictures of docs/runs.md).
 """
 
 import os

@@ -218,7 +218,7 @@ class Ascent:
         self.extractor, self.recipe = xla_model.for_xla(extractor) if xla else extractor, recipe or Recipe()
         self.iters, self.step_size, self.input_size, self.batch_size = iters, step_size, input_size, batch_size
         self.seed, self.layer, self.stream, self.on_step, self.first_step = seed, layer, stream, on_step, first_step
-        self.xla = xla  # compile the step with XLA: whole-step fusion, ~1.3x on a CPU (README)
+        self.xla = xla  # compile the step with XLA: whole-step fusion, ~1.3x on a CPU (docs/speed.md)
         self.gif_filter, self.gif_every = gif_filter, max(1, iters // gif_frames)
         self.on_snapshot, self.snapshot_every = on_snapshot, max(1, iters // 10)
         self.done: List[AscentResult] = []

@@ -31,7 +31,7 @@ def bfloat16_units() -> Optional[str]:
 
 def xla_is_faster(flags: Optional[List[str]] = None, gpus: Optional[int] = None) -> bool:
     """Whether the XLA-compiled ascent step beats the plain graph here, as measured side by side
-    (experiments/benchmark.py, README "Speed"): 1.3x on a CPU without AVX-512, where TensorFlow's
+    (experiments/benchmark.py, docs/speed.md): 1.3x on a CPU without AVX-512, where TensorFlow's
     oneDNN kernels are slower than XLA's code; 0.8x on one with AVX-512, where they are faster.
     Not measured on a GPU: there the plain graph, the path everyone else runs."""
     gpus = _nvidia_gpus() if gpus is None else gpus
@@ -41,7 +41,7 @@ def xla_is_faster(flags: Optional[List[str]] = None, gpus: Optional[int] = None)
 
 def fastest_precision(model: str = "vgg16", flags: Optional[List[str]] = None, gpus: Optional[int] = None) -> str:
     """bfloat16 where it was measured faster with pictures as good (experiments/benchmark.py and
-    experiments/presets.py, README "Speed"): a CPU that computes in bfloat16 (AVX512-BF16 or
+    experiments/presets.py, docs/speed.md): a CPU that computes in bfloat16 (AVX512-BF16 or
     AMX-BF16), 1.7x on the 2-CPU EPYC with the same quality figures. float32 elsewhere: emulated
     bfloat16 is several times slower; a GPU is unmeasured; a saved model (model=file) keeps its own."""
     gpus = _nvidia_gpus() if gpus is None else gpus
