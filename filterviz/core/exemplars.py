@@ -125,7 +125,9 @@ def dataset(files: Sequence[Path], numbers: Sequence[int], input_size: int, chan
     an undecodable file is dropped (its number is then missing from the numbers seen). With
     `display_size`, (images, numbers, displays): each image also at that side, from the same decode."""
     def load(path, number):
-        image = tf.cast(decode(tf.io.read_file(path), channels, max(input_size, display_size or 0)), tf.float32) / 255.0
+        # decoded as the pass decodes it, so the fed image is the pass's to the bit; that decode keeps
+        # at least twice the input side, enough for a display of up to that size
+        image = tf.cast(decode(tf.io.read_file(path), channels, input_size), tf.float32) / 255.0
         sized = lambda side: tf.clip_by_value(tf.image.resize(image, (side, side), antialias=True), 0.0, 1.0)  # noqa: E731
         return (sized(input_size), number) + (() if display_size is None else (sized(display_size),))
 
