@@ -8,6 +8,10 @@ examples' (filterviz/api.py); imported on first use, so
 
 __version__ = "0.1.0"
 
+from filterviz.core.hardware import share_gpus  # noqa: E402
+
+share_gpus()  # before TensorFlow first uses a GPU, in every process that runs filterviz: parallel jobs share one
+
 
 def __getattr__(name):
     if name in ("atlas", "exemplars"):  # the packages, callable (filterviz/atlas/__init__.py)

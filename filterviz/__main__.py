@@ -27,6 +27,7 @@ from filterviz.cluster import requeue_when_stopped  # noqa: E402
 from filterviz.core.applications import APPLICATIONS  # noqa: E402
 from filterviz.config import check_ranges, register_configs  # noqa: E402
 from filterviz.console import import_tensorflow_quietly  # noqa: E402
+from filterviz.core import hardware  # noqa: E402
 from filterviz.errors import ConfigError, Stopped, first_line  # noqa: E402
 from filterviz.stops import stop_on_signals  # noqa: E402
 
@@ -96,6 +97,20 @@ def end_at_once() -> None:
     os._exit(0)
 
 
+_gpu_chosen = False  # a worker process keeps the GPU of its first job: CUDA reads the choice once
+
+
+def spread_over_gpus(job_number: int, launcher: str) -> None:
+    """A local launcher's parallel jobs on a node with several GPUs: each on its own, by job number."""
+    global _gpu_chosen
+    if _gpu_chosen:
+        return
+    _gpu_chosen = True
+    gpu = hardware.gpu_for_job(job_number, launcher)
+    if gpu is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+
+
 def task(cfg: DictConfig) -> float:
     """One job; returns its figure named by `optimized_metric`, which an Optuna sweeper maximises."""
     hydra_cfg = HydraConfig.get()
@@ -105,6 +120,8 @@ def task(cfg: DictConfig) -> float:
         if hydra_cfg.mode != RunMode.MULTIRUN:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(1)
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        spread_over_gpus(hydra_cfg.job.num, hydra_cfg.launcher._target_)
     import_tensorflow_quietly()  # here, after Hydra has parsed the command line
     from filterviz import job
     from filterviz.recording import sweep

@@ -113,6 +113,14 @@ def check_settings(cfg: DictConfig) -> None:
                           f"{', '.join(RUN_FIGURES)} (or one filter's, e.g. robustness/block3_conv1/f0000)")
 
 
+def say_device() -> None:
+    """The first console line: where the ascent computes; and why a GPU the driver reports is unused."""
+    print(f"device: {hardware.describe_device()}")
+    problem = hardware.gpu_problem()
+    if problem:
+        print(f"warning: {problem}", file=sys.stderr)
+
+
 def seed_everything(seed: int, deterministic: bool) -> None:
     keras.utils.set_random_seed(seed)
     if deterministic:  # process-wide and one-way in TensorFlow's public API
@@ -272,6 +280,8 @@ def run(cfg: DictConfig, output_dir: Path, overrides: Sequence[str] = (), comman
     `run_name`: a sweep job's name instead (the values it sweeps)."""
     check_settings(cfg)
     folders.usable_folder(output_dir / "results", "the run's results folder")  # before anything is computed
+    if not cfg.get("atlas"):  # an atlas says it once, for all its jobs
+        say_device()
     global _jobs_run
     if _jobs_run:  # an atlas runs many jobs in one process: drop the last job's Keras state (0.3 s of gc)
         keras.backend.clear_session()

@@ -83,7 +83,15 @@ def this_cpu() -> set:
     return {flag for line in text.splitlines() if line.startswith("flags") for flag in line.split(":", 1)[1].split()}
 
 
-NVIDIA_GPUS = len(list(Path("/proc/driver/nvidia/gpus").glob("*")))
+def _gpus_tensorflow_sees() -> int:
+    import tensorflow as tf
+
+    return len(tf.config.list_physical_devices("GPU"))
+
+
+# The hardware defaults follow the GPUs TensorFlow sees, not the driver's list: a machine with an
+# NVIDIA driver and a TensorFlow without CUDA computes on its CPU.
+GPUS = _gpus_tensorflow_sees()
 
 
 def _not_the_hardware_defaults() -> list:

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import NVIDIA_GPUS, ROOT, WEIGHTS, make_cfg, needs_weights, run_cli, this_cpu
+from conftest import GPUS, ROOT, WEIGHTS, make_cfg, needs_weights, run_cli, this_cpu
 
 pytestmark = needs_weights
 ITERS = 12
@@ -73,7 +73,7 @@ def test_every_filters_figures_are_in_one_table(recorded, tmp_path):
 
 
 def test_params_are_the_picture_settings_and_tags_say_what_made_the_run(recorded):
-    _, _, _, run, _ = recorded
+    _, _, _, run, proc = recorded
     params, tags = run.data.params, run.data.tags
     assert params["layer"] == "block2_conv1" and params["iters"] == str(ITERS)
     assert params["model.name"] == "vgg16" and params["model.weights"] == str(WEIGHTS)
@@ -89,6 +89,12 @@ def test_params_are_the_picture_settings_and_tags_say_what_made_the_run(recorded
     assert tags["versions.keras"] == keras.__version__
     assert tags["command"].startswith("python -m filterviz layer=block2_conv1")
     assert tags["filterviz.filters"] == "1,2,3"
+    # the device, in the first console line and the record: here the CPU, its model and the flags that decide defaults
+    import tensorflow as tf
+    assert not tf.config.list_physical_devices("GPU")
+    cpu = next(l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("model name"))
+    assert tags["device"].startswith(f"CPU {cpu}, ") and ("avx2" in tags["device"]) == ("avx2" in this_cpu())
+    assert proc.stdout.splitlines()[0] == f"device: {tags['device']}"
     assert run.info.run_name == ("vgg16 block2_conv1 f1-3 · input_size=48 iters=12 "
                                  "model.weights=vgg16_imagenet_notop.weights.h5")
 
@@ -178,7 +184,7 @@ def test_bfloat16_says_when_the_hardware_only_emulates_it(untracked):
     _, proc = untracked
     assert proc.returncode == 0, proc.stderr
     warned = "warning: precision=bfloat16 on hardware without bfloat16 units" in proc.stderr
-    assert warned == (not {"avx512_bf16", "amx_bf16"} & this_cpu() and NVIDIA_GPUS == 0)
+    assert warned == (not {"avx512_bf16", "amx_bf16"} & this_cpu() and GPUS == 0)
 
 
 # Bad input as the user meets it, one case per place it is caught: before TensorFlow is imported

@@ -4,7 +4,7 @@ import pytest
 from hydra.errors import ConfigCompositionException
 from mlflow.tracking import MlflowClient
 
-from conftest import NVIDIA_GPUS, make_cfg, this_cpu
+from conftest import GPUS, make_cfg, this_cpu
 
 
 def test_the_default_is_the_best_preset_and_the_seed_preset_is_the_notebooks():
@@ -22,7 +22,7 @@ def test_the_default_is_the_best_preset_and_the_seed_preset_is_the_notebooks():
 def test_the_default_precision_is_bfloat16_only_where_the_cpu_computes_in_it():
     from filterviz.core.hardware import fastest_precision
 
-    computes_in_bfloat16 = bool({"avx512_bf16", "amx_bf16"} & this_cpu()) and NVIDIA_GPUS == 0
+    computes_in_bfloat16 = bool({"avx512_bf16", "amx_bf16"} & this_cpu()) and GPUS == 0
     assert make_cfg().precision.value == ("bfloat16" if computes_in_bfloat16 else "float32")
     assert make_cfg("precision=float32").precision.value == "float32"
     assert make_cfg("precision=bfloat16").precision.value == "bfloat16"

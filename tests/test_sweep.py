@@ -140,7 +140,7 @@ def test_reproduce_gives_the_identical_image_and_tags_the_new_run(parallel_sweep
 @needs_weights
 def test_reproduce_says_different_with_exit_1_and_warns_of_changed_code_and_libraries(parallel_sweep):
     """A record whose images no longer match what its config makes (here: edited in the store),
-    and whose code and Keras version are not today's."""
+    and whose code, Keras version and device are not today's."""
     cwd, _ = parallel_sweep
     client, _, children = runs_of(cwd)
     original = next(r for r in children if r.info.run_name == "filters=0 step_size=1")
@@ -150,6 +150,7 @@ def test_reproduce_says_different_with_exit_1_and_warns_of_changed_code_and_libr
     np.save(recorded, np.clip(images + 0.25, 0, 1))
     client.set_tag(run_id, "git.commit", "0" * 40)
     client.set_tag(run_id, "versions.keras", "2.0.0")
+    client.set_tag(run_id, "device", "GPU NVIDIA H100 80GB HBM3 (compute capability 9.0)")  # made on a GPU
 
     proc = subprocess.run([sys.executable, "-m", "filterviz.reproduce", run_id], cwd=cwd, capture_output=True,
                           text=True, timeout=280)
@@ -157,8 +158,11 @@ def test_reproduce_says_different_with_exit_1_and_warns_of_changed_code_and_libr
     warnings = [line for line in proc.stderr.splitlines() if line.startswith("warning: ")]
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     import keras
+    from filterviz.core.hardware import describe_device
     assert warnings == [f"warning: git.commit: run had {'0' * 40}, now {head}; the images may differ",
-                        f"warning: versions.keras: run had 2.0.0, now {keras.__version__}; the images may differ"]
+                        f"warning: versions.keras: run had 2.0.0, now {keras.__version__}; the images may differ",
+                        "warning: device: run had GPU NVIDIA H100 80GB HBM3 (compute capability 9.0), "
+                        f"now {describe_device()}; the images may differ"]
     [verdict] = [line for line in proc.stdout.splitlines() if line.startswith("different: ")]
     [again] = client.search_runs([original.info.experiment_id], f"tags.reproduces = '{run_id}'")
     assert verdict == f"different: largest pixel difference 0.25 (run {again.info.run_id} vs {run_id})"

@@ -36,6 +36,9 @@ def make_atlas(config: DictConfig, arguments: Sequence[str], launch: Launch, bat
     cfg = config
     if not cfg.tracking.enabled:
         raise ConfigError("the atlas resumes from its MLflow store: it needs tracking (not tracking=off)")
+    from filterviz.job import say_device
+
+    say_device()  # the jobs' device, said once
     model = models.load_model(cfg.model.name, None if cfg.model.name != "file" else cfg.model.weights,
                               cfg.model.path)  # the architecture only: each job loads the weights
     layers = plan.select_layers(models.channel_layers(model, cfg.input_size), cfg.atlas.layers)

@@ -26,6 +26,7 @@ def task(cfg: DictConfig) -> None:
     hydra_cfg = HydraConfig.get()
     import_tensorflow_quietly()
     from filterviz.exemplars import job
+    from filterviz.job import say_device
     from filterviz.recording import sweep
 
     if not gc.isenabled():
@@ -36,6 +37,7 @@ def task(cfg: DictConfig) -> None:
     overrides = list(hydra_cfg.overrides.task)
     command = shlex.join(["python", "-m", "filterviz.exemplars", *(overrides if multirun else sys.argv[1:])])
     output_dir = Path(hydra_cfg.runtime.output_dir)
+    say_device()
     try:
         outcome = job.run(cfg, output_dir, command, record and record.parent_run_id)
     except Exception as e:

@@ -1,4 +1,4 @@
-"""What produced a run: the code's git commit, the library versions, the command line."""
+"""What produced a run: the code's git commit, the library versions, the device, the command line."""
 
 import os
 import subprocess
@@ -11,9 +11,12 @@ from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT
 
 
 def code_versions() -> Dict[str, str]:
-    """The code and library versions a run's result depends on."""
+    """The code, library versions and device a run's result depends on (TensorFlow's op
+    determinism promises the same bits on the same hardware only)."""
     import keras
     import tensorflow as tf
+
+    from filterviz.core.hardware import describe_device
 
     commit, dirty = _git_state(Path(__file__).resolve().parent)
     return {
@@ -23,6 +26,7 @@ def code_versions() -> Dict[str, str]:
         "versions.keras": keras.__version__,
         "versions.mlflow": mlflow.__version__,
         "versions.python": sys.version.split()[0],
+        "device": describe_device(),
     }
 
 

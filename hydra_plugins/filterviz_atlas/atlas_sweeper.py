@@ -31,6 +31,10 @@ class AtlasSweeper(Sweeper):
         from filterviz.console import import_tensorflow_quietly
 
         import_tensorflow_quietly()  # before anything imports it loudly
+        if self._parallel() > 1 or not self.config.hydra.launcher._target_.endswith("BasicLauncher"):
+            from filterviz.core.hardware import keep_off_gpus
+
+            keep_off_gpus()  # the jobs compute in their own processes: this one plans and waits
         from filterviz.atlas.build import make_atlas
         from filterviz.errors import ConfigError
 
