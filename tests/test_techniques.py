@@ -15,7 +15,7 @@ from filterviz.core.ascent import ImageId, Recipe, concatenate, retry_dead, visu
 from filterviz.config import register_configs
 from filterviz.errors import ConfigError
 from filterviz.core.models import cut_at, preprocessor
-from filterviz.core.params import COLOR_CORRELATION, MACO_SPECTRUM, Fourier, Maco, resample_spectrum
+from filterviz.core.params import COLOR_CORRELATION, IMAGENET_MEAN, MACO_SPECTRUM, Fourier, Maco, resample_spectrum
 from filterviz.core.quality import hf_fraction, measure
 from filterviz.core.transforms import Transforms, image_seeds
 from filterviz.recording.images import with_attribution
@@ -89,6 +89,31 @@ def test_fourier_images_are_real_and_in_range(squash, channels, start):
     assert image.dtype == tf.float32 and image.shape == (2, 33, 33, channels)
     assert np.isfinite(image).all() and float(tf.reduce_min(image)) >= 0 and float(tf.reduce_max(image)) <= 1
     assert float(tf.math.reduce_std(image)) > 0.01, "a random spectrum is not a flat image"
+
+
+@pytest.mark.parametrize("size", [32, 33])
+def test_a_fourier_picture_is_that_of_its_hermitian_spectrum_so_a_gpus_fft_draws_the_same(size):
+    """cuFFT's inverse real FFT assumes the spectrum is Hermitian where a real picture's is (the
+    first column, and the last at an even size); a CPU's reads only that part. A random start is
+    not Hermitian: the param symmetrises it, so both compute the picture of the symmetrised spectrum."""
+    param = Fourier(std=0.01, decorrelate=False, squash="clip")
+    params = param.init([3, 4], size, 3)
+    spectrum = param.spectrum(params).numpy()
+    mirror = np.roll(spectrum[..., ::-1, :], 1, axis=-2)  # the value at the negated row frequency
+    edges = [0, -1] if size % 2 == 0 else [0]
+    np.testing.assert_array_equal(spectrum[..., edges], np.conj(mirror[..., edges]))
+    # the whole spectrum it stands for (the columns rfft leaves out are the mirror's conjugates)
+    # has a real inverse, and that inverse is the picture
+    full = np.zeros(spectrum.shape[:-1] + (size,), complex)
+    full[..., : size // 2 + 1] = spectrum
+    for column in range(size // 2 + 1, size):
+        full[..., column] = np.conj(mirror[..., size - column])
+    inverse = np.fft.ifft2(full)
+    assert np.abs(inverse.imag).max() < 1e-6 * np.abs(inverse.real).max()
+    picture = param.to_image(params).numpy()
+    expected = np.transpose(inverse.real, [0, 2, 3, 1]) / 4.0 + IMAGENET_MEAN  # the clip squash adds the mean
+    assert 0 < picture.min() and picture.max() < 1, "nothing clipped"
+    np.testing.assert_allclose(picture, expected, atol=1e-6)
 
 
 def _frequencies(n):

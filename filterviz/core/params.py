@@ -94,9 +94,17 @@ class Fourier:
         natural start, another one (a retry's phase comes from its own seeds)."""
         return replace(self) if self.start == Start.natural else replace(self, std=max(0.5, 2 * self.std))
 
+    def spectrum(self, params: tf.Tensor) -> tf.Tensor:
+        """The picture's (n, channels, size, size//2+1) spectrum, Hermitian where a real picture's is
+        (the first and, at an even size, the last column): there a CPU's inverse FFT reads only the
+        Hermitian part of what it is given, and cuFFT's assumes it, so an unconstrained random start
+        would give another picture on a GPU. Symmetrised, both compute the same one."""
+        real = _hermitian_edges(params[:, 0], lambda a, mirror: (a + mirror) / 2)
+        imaginary = _hermitian_edges(params[:, 1], lambda a, mirror: (a - mirror) / 2)
+        return tf.complex(real, imaginary) * self._scale
+
     def to_image(self, params: tf.Tensor) -> tf.Tensor:
-        spectrum = tf.complex(params[:, 0], params[:, 1]) * self._scale
-        image = tf.signal.irfft2d(spectrum, fft_length=[self.size, self.size]) / 4.0
+        image = tf.signal.irfft2d(self.spectrum(params), fft_length=[self.size, self.size]) / 4.0
         image = tf.transpose(image, [0, 2, 3, 1])  # (n, size, size, channels)
         if self.decorrelate and self.channels == 3:
             image = tf.einsum("nhwc,dc->nhwd", image, tf.constant(COLOR_CORRELATION))
