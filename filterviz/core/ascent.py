@@ -177,21 +177,22 @@ class _Compiled:
         self._untried = xla
 
     def __call__(self, filter_indices: tf.Tensor, seeds: tf.Tensor, t: tf.Tensor):
-        """One step. XLA's first compile can refuse the model (an op it has no kernel for, or a
-        max pool's gradient under op determinism): then the plain graph, saying so once."""
+        """One step. XLA's first compile can fail in any way (an op it has no kernel for, a max
+        pool's gradient under op determinism, a GPU without XLA's toolchain): then the plain graph,
+        saying so once. An error the plain graph makes too is the model's: it is raised as it is."""
         if not self._untried:
             return self.step(filter_indices, seeds, t)
         self._untried = False
         try:
             return self.step(filter_indices, seeds, t)
-        except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError) as error:
-            if "XLA" not in error.message:
-                raise
-            reason = ("the gradient of its overlapping max pools has no deterministic XLA form; deterministic=false "
-                      "allows it" if "MaxPool" in error.message else first_line(error.message))
-            log.warning("xla=true: XLA cannot compile this model's step (%s): running it uncompiled", reason)
+        except Exception as error:  # Stopped and KeyboardInterrupt are not Exceptions: they pass
             self.step = self._plain
-            return self.step(filter_indices, seeds, t)
+            done = self.step(filter_indices, seeds, t)
+            message = getattr(error, "message", None) or str(error)
+            reason = ("the gradient of its overlapping max pools has no deterministic XLA form; deterministic=false "
+                      "allows it" if "MaxPool" in message else f"{type(error).__name__}: {first_line(error)}")
+            log.warning("xla=true: XLA cannot compile this model's step (%s): running it uncompiled", reason)
+            return done
 
     def reset(self, start: tf.Tensor) -> None:
         self.params.assign(start)
