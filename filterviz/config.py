@@ -67,6 +67,8 @@ class AtlasConfig:
     chunk: Optional[int] = None
     # the first N filters of each layer (a quick look, or a benchmark); null: every filter
     per_layer: Optional[int] = None
+    # random views the quality figures average over (a run's: 16)
+    views: int = 4
 
 
 @dataclass
@@ -162,6 +164,8 @@ def check_ranges(cfg: DictConfig) -> None:
         raise ConfigError(f"seed={cfg.seed}: a seed is a whole number from 0 to 4294967295")
     if cfg.get("exemplars") and cfg.exemplars.data is not None:
         check_examples(cfg.exemplars, "exemplars.")
+    if cfg.get("atlas") and cfg.atlas.views < 1:
+        raise ConfigError(f"atlas.views={cfg.atlas.views}: the quality figures average over at least 1 random view")
     if cfg.tracking.get("filter_series", 0) < 0:
         raise ConfigError(f"tracking.filter_series={cfg.tracking.filter_series}: the number of filters charted "
                           "one by one in MLflow is 0 or more")

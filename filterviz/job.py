@@ -176,7 +176,8 @@ def revive_dead(plan: Plan, result: AscentResult, on_step: StepCallback) -> Asce
 
 
 def judge(plan: Plan, result: AscentResult) -> quality.Quality:
-    figures = quality.measure(plan.cut.extractor, result, plan.recipe)
+    atlas = plan.cfg.get("atlas")
+    figures = quality.measure(plan.cut.extractor, result, plan.recipe, views=atlas.views if atlas else quality.VIEWS)
     dead = result.dead_filters()
     if dead:
         print(f"dead filter(s), nothing to climb: {', '.join(map(str, dead))}"
@@ -192,7 +193,7 @@ def execute(plan: Plan, results_dir: Path, live: Optional[LiveRun] = None) -> Ou
     on_step = progress if live is None else _both(progress, live)
     gif_filter = (plan.filters[0] if cfg.gif_filter is None else cfg.gif_filter) if cfg.save_gif else None
     ascent = Ascent(plan.cut.extractor, plan.recipe, on_step=on_step, gif_filter=gif_filter,
-                    on_snapshot=None if live is None else live.snapshot, **plan.schedule())
+                    on_snapshot=None if live is None or not live.charted else live.snapshot, **plan.schedule())
     start, result = time.perf_counter(), None
     try:
         result = ascent.run(plan.filters)

@@ -27,6 +27,10 @@ def test_the_atlas_renders_every_filter_of_every_conv_layer_under_one_parent(uni
     assert all(c.info.status == "FINISHED" and c.data.tags["mlflow.parentRunId"] == parent.info.run_id
                for c in children)
     assert out.count("atlas: ") == len(children)  # a progress line per job
+    # jobs stream no per-step series or snapshots (the page shows each picture and curve from the files)
+    assert not [k for c in children for k in c.data.metrics if "/f0" in k]  # e.g. activation/conv_a/f0000
+    assert {"images.npy", "filters.json", "activations.npy"} <= {a.path for a in store(cwd).list_artifacts(
+        children[0].info.run_id)}
     assert "atlas: conv_c f2-3 done · 18/18 filters" in out and "Traceback" not in err
     progress = [line for line in out.splitlines() if line.startswith("atlas: ")]
     # the first job's pace includes the start-up; from the second on the ETA is a time

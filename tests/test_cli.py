@@ -212,6 +212,7 @@ BAD_SETTINGS = [
     (["param.decay=fast"], "param.decay: Value 'fast' of type 'str' could not be converted to Float"),
     (["optimized_metric=beauty"], "optimized_metric=beauty: not a figure of a run"),
     (["tracking.uri=sqlite:////proc/no/store.db"], "cannot make the MLflow store's folder /proc/no"),
+    (["+atlas=default", "atlas.views=0"], "atlas.views=0: the quality figures average over at least 1 random view"),
 ]
 HIDDEN_WARNINGS = (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning)  # Python's default
 

@@ -36,6 +36,9 @@ def make_atlas(config: DictConfig, arguments: Sequence[str], launch: Launch, bat
     cfg = config
     if not cfg.tracking.enabled:
         raise ConfigError("the atlas resumes from its MLflow store: it needs tracking (not tracking=off)")
+    from filterviz.config import check_ranges
+
+    check_ranges(cfg)  # once here, not as a failure in every job
     from filterviz.job import say_device
 
     say_device()  # the jobs' device, said once

@@ -97,8 +97,9 @@ def _nanmean(values: np.ndarray) -> float:
     return float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
 
 
-def measure(extractor: keras.Model, result: AscentResult, recipe: Recipe, batch_size: int = 16) -> Quality:
-    """Quality figures of the final images of `result`, made with `recipe`."""
+def measure(extractor: keras.Model, result: AscentResult, recipe: Recipe, batch_size: int = 16,
+            views: int = VIEWS) -> Quality:
+    """Quality figures of the final images of `result`, made with `recipe`, on `views` random views."""
 
     @tf.function(reduce_retracing=True, autograph=False)
     def activation(x, idx):
@@ -121,9 +122,9 @@ def measure(extractor: keras.Model, result: AscentResult, recipe: Recipe, batch_
         peak.append(highest.numpy())
         # Fixed seeds: every run is judged on the same views.
         seeds = tf.constant(image_seeds(0, "robustness", range(len(idx))), tf.int32)
-        views = [activation(ROBUSTNESS_VIEWS(x, seeds, tf.constant(v, tf.int32)), idx) for v in range(VIEWS)]
-        viewed.append(np.mean([a.numpy() for a, _, _ in views], axis=0))
-        specific.append(np.mean([s.numpy() for _, s, _ in views], axis=0))
+        judged = [activation(ROBUSTNESS_VIEWS(x, seeds, tf.constant(v, tf.int32)), idx) for v in range(views)]
+        viewed.append(np.mean([a.numpy() for a, _, _ in judged], axis=0))
+        specific.append(np.mean([s.numpy() for _, s, _ in judged], axis=0))
     final, robust = np.concatenate(plain), np.concatenate(viewed)
     with np.errstate(divide="ignore", invalid="ignore"):
         robustness = np.where(final > 0, robust / final, np.nan)
