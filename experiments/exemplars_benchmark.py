@@ -43,7 +43,7 @@ def model_keys() -> list:
 
 
 def speed(folder: Path, input_size: int, batch: int, repeats: int) -> None:
-    from filterviz.console import import_tensorflow_quietly
+    from filterviz.core.hardware import import_tensorflow_quietly
 
     import_tensorflow_quietly()
     import tensorflow as tf

@@ -50,7 +50,7 @@ def phases(report: Path, argv: List[str]) -> None:
     gc.disable()
     import filterviz.__main__ as app
     lap("import hydra + entry point")
-    from filterviz.console import import_tensorflow_quietly
+    from filterviz.core.hardware import import_tensorflow_quietly
     import_tensorflow_quietly()
     lap("import tensorflow")
     import mlflow.tracking  # noqa: F401

@@ -26,7 +26,7 @@ from omegaconf import DictConfig  # noqa: E402
 from filterviz.cluster import requeue_when_stopped  # noqa: E402
 from filterviz.core.applications import APPLICATIONS  # noqa: E402
 from filterviz.config import check_ranges, register_configs  # noqa: E402
-from filterviz.console import import_tensorflow_quietly  # noqa: E402
+from filterviz.core.hardware import import_tensorflow_quietly  # noqa: E402
 from filterviz.core import hardware  # noqa: E402
 from filterviz.errors import ConfigError, Stopped, first_line  # noqa: E402
 from filterviz.stops import stop_on_signals  # noqa: E402

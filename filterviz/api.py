@@ -170,7 +170,7 @@ def render(model: Any = "vgg16", *, layer: Optional[str] = None, filters: Any = 
     `output_dir` defaults to outputs/<date>/<time>; `overrides`: more of the command line's
     `key=value` as they are written there (e.g. "model.preprocess=tf")."""
     from filterviz import job
-    from filterviz.console import import_tensorflow_quietly
+    from filterviz.core.hardware import import_tensorflow_quietly
     from filterviz.stops import stop_on_signals
 
     import_tensorflow_quietly()
@@ -266,7 +266,7 @@ def atlas(model: Any = "vgg16", *, layers: Any = None, per_layer: Optional[int] 
 
     from filterviz.__main__ import task
     from filterviz.atlas.__main__ import atlas_argv
-    from filterviz.console import import_tensorflow_quietly
+    from filterviz.core.hardware import import_tensorflow_quietly
     from filterviz.recording import sweep
     from filterviz.stops import stop_on_signals
     from hydra_plugins.filterviz_atlas.atlas_sweeper import AtlasSweeper
@@ -356,7 +356,7 @@ def exemplars(model: Any = "vgg16", *, data: os.PathLike, layers: Any = None, k:
     command's (`shards=N` over Hydra's launchers); here the pass runs in this process."""
     import json
 
-    from filterviz.console import import_tensorflow_quietly
+    from filterviz.core.hardware import import_tensorflow_quietly
     from filterviz.exemplars import job
     from filterviz.exemplars.examples import TABLE
     from filterviz.stops import stop_on_signals

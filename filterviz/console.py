@@ -1,6 +1,5 @@
 """What a person sees while a run goes: a progress bar and the objective every tenth of the run."""
 
-import os
 import sys
 from typing import Sequence
 
@@ -36,15 +35,3 @@ def _objective_line(chunk: Sequence[int], iteration: int, iters: int, values: np
         f"filters {chunk[0]}..{chunk[-1]}  {where}  objective mean {values.mean():.4f}"
         f" (min {values.min():.4f}, max {values.max():.4f})"
     )
-
-
-def import_tensorflow_quietly() -> None:
-    """TensorFlow 2.21 prints C++ start-up lines on stderr whatever TF_CPP_MIN_LOG_LEVEL says."""
-    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 2)
-    try:
-        import tensorflow  # noqa: F401
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)

@@ -39,8 +39,21 @@ def _cpuinfo(field: str) -> str:
         return ""
 
 
+def import_tensorflow_quietly() -> None:
+    """TensorFlow 2.21 prints C++ start-up lines on stderr whatever TF_CPP_MIN_LOG_LEVEL says."""
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        import tensorflow  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def gpus() -> List[Gpu]:
     """The GPUs TensorFlow sees (CUDA_VISIBLE_DEVICES applied), in its order: GPU:0 first."""
+    import_tensorflow_quietly()  # a config's defaults can ask before the command has imported it
     import tensorflow as tf
 
     found = []
@@ -91,7 +104,10 @@ def _driver_gpus() -> int:
 
 @lru_cache(maxsize=None)
 def _gpu_count() -> int:
-    return len(gpus())
+    """GPUs TensorFlow sees. Without an NVIDIA driver it can see none, and is not asked: a config's
+    defaults resolve while Hydra composes, before a command needs TensorFlow (a bad setting's
+    one line would otherwise wait for its import)."""
+    return len(gpus()) if _driver_gpus() else 0
 
 
 def bfloat16_units() -> Optional[str]:

@@ -18,7 +18,7 @@ from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from filterviz.__main__ import end_at_once, main  # noqa: E402
-from filterviz.console import import_tensorflow_quietly  # noqa: E402
+from filterviz.core.hardware import import_tensorflow_quietly  # noqa: E402
 from filterviz.errors import ConfigError, first_line  # noqa: E402
 
 

@@ -19,7 +19,7 @@ class ShardsCallback(Callback):
         sweep_dir.mkdir(parents=True, exist_ok=True)
         if not config.tracking.enabled:
             return
-        from filterviz.console import import_tensorflow_quietly
+        from filterviz.core.hardware import import_tensorflow_quietly
         from filterviz.recording import provenance, settings, sweep, tracking
 
         import_tensorflow_quietly()

@@ -83,7 +83,7 @@ class MlflowSweepCallback(Callback):
         if not config.tracking.enabled or config.get("atlas"):
             return  # an atlas keeps its own parent run (filterviz/atlas/build.py)
         from filterviz.recording import provenance, tracking  # MLflow only when tracking
-        from filterviz.console import import_tensorflow_quietly
+        from filterviz.core.hardware import import_tensorflow_quietly
 
         import_tensorflow_quietly()  # provenance_tags reads its version
         sweeping = swept(list(config.hydra.overrides.task))

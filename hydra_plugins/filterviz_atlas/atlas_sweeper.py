@@ -28,7 +28,7 @@ class AtlasSweeper(Sweeper):
             hydra_context=hydra_context, task_function=task_function, config=config)
 
     def sweep(self, arguments: List[str]) -> Any:
-        from filterviz.console import import_tensorflow_quietly
+        from filterviz.core.hardware import import_tensorflow_quietly
 
         import_tensorflow_quietly()  # before anything imports it loudly
         if self._parallel() > 1 or not self.config.hydra.launcher._target_.endswith("BasicLauncher"):
