@@ -33,10 +33,10 @@ from typing import Optional
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
-def run_atlas(args, layers: str, store: Path, *extra: str) -> tuple:
+def run_atlas(args, layers: str, store: Path, *extra: str, per_layer: Optional[int] = None) -> tuple:
     """(seconds, peak resident MiB, output) of one atlas command in its own process."""
     command = [sys.executable, "-m", "filterviz.atlas", f"model={args.model}", f"iters={args.iters}",
-               f"input_size={args.size}", f"atlas.per_layer={args.per_layer}", f"atlas.layers={layers}",
+               f"input_size={args.size}", f"atlas.per_layer={per_layer or args.per_layer}", f"atlas.layers={layers}",
                f"tracking.uri=sqlite:///{store}/mlflow.db", *extra, *args.overrides]
     if args.weights:
         command.append(f"model.weights={args.weights}")
@@ -59,8 +59,18 @@ def atlas_speeds(args, layers, precision: Optional[str], site: Optional[Path]) -
     model, tracing, writing and recording), the atlas's seconds, peak memory and device line."""
     from mlflow.tracking import MlflowClient
 
+    extra = [f"precision={precision}"] if precision else []
     with tempfile.TemporaryDirectory() as store:
-        seconds, peak, out = run_atlas(args, "all", Path(store), *([f"precision={precision}"] if precision else []))
+        if args.per_layer == "job":  # one whole job of each layer, as the atlas plans it: its own batches and retries
+            from filterviz.atlas.plan import chunk_size
+
+            deepest, seconds, peak, out = max(layer.cost for layer in layers), 0.0, 0.0, ""
+            for layer in layers:
+                size = chunk_size(layer, deepest, args.batch, None)
+                took, most, said = run_atlas(args, layer.name, Path(store), *extra, per_layer=size)
+                seconds, peak, out = seconds + took, max(peak, most), out + said
+        else:
+            seconds, peak, out = run_atlas(args, "all", Path(store), *extra)
         if site:
             [page] = [line.split(": ", 1)[1] for line in out.splitlines() if line.startswith("atlas page: ")]
             shutil.copytree(Path(page).parent, site, dirs_exist_ok=True)
@@ -117,7 +127,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="vgg16")
     parser.add_argument("--weights", help="a weights file (default: the model's ImageNet download)")
-    parser.add_argument("--per-layer", type=int, default=16, help="filters measured per layer")
+    parser.add_argument("--per-layer", type=lambda v: v if v == "job" else int(v), default=16,
+                        help="filters measured per layer, or 'job': one whole job of each layer as the atlas plans "
+                             "it (its batches and dead-filter retries as in the whole atlas; slower)")
     parser.add_argument("--iters", type=int, default=64, help="iterations (the default recipe's: 64)")
     parser.add_argument("--size", type=int, default=96)
     parser.add_argument("--precisions", nargs="+", help="float32 and/or bfloat16 (default: the machine's default)")
@@ -138,10 +150,11 @@ def main() -> None:
 
     register_configs()
     layers = models.conv_layers(models.load_model(args.model, None), args.size)
-    batch = next((int(o.split("=")[1]) for o in args.overrides if o.startswith("batch_size=")), 16)
+    batch = args.batch = next((int(o.split("=")[1]) for o in args.overrides if o.startswith("batch_size=")), 16)
     jobs = plan_jobs(layers, {}, batch_size=batch)
     filters = sum(layer.filters for layer in layers)
-    print(f"{args.model} atlas at {args.size} px, {args.iters} iterations, measured on {args.per_layer} filters of "
+    print(f"{args.model} atlas at {args.size} px, {args.iters} iterations, measured on "
+          f"{'one job' if args.per_layer == 'job' else f'{args.per_layer} filters'} of "
           f"each of {len(layers)} layers, {os.cpu_count()} CPUs ({keras.backend.backend()}); the bare pass on "
           f"batches of {batch}")
     for precision in args.precisions or [None]:
