@@ -161,17 +161,22 @@ def forward_step(model: keras.Model, layers: Sequence[str]) -> Callable[[tf.Tens
 
 def maxima_step(model: keras.Model, layers: Sequence[str]) -> Callable[[tf.Tensor], List[Tuple[np.ndarray, np.ndarray]]]:
     """A compiled forward pass that returns, per layer, each image's `spatial_maxima` (computed in the
-    graph: a (batch, channels) pair leaves it, not the layer's whole map)."""
+    graph: a (batch, channels) pair leaves it, not the layer's whole map). Maps are not screened for
+    NaN here, as `spatial_maxima` does: a pass over every map for a network that has already failed."""
     forward = layers_model(model, layers)
 
     def maxima(images):
         found = []
         outputs = forward(images, training=False)
         for output in outputs if isinstance(outputs, (list, tuple)) else [outputs]:
-            flat = tf.reshape(tf.cast(output, tf.float32), (tf.shape(output)[0], -1, output.shape[-1]))
-            flat = tf.where(tf.math.is_nan(flat), tf.constant(-np.inf, tf.float32), flat)
+            # one pass over the map in its own precision (a bfloat16 model's maps are not copied to
+            # float32 first: that copy and a second pass for the maximum cost more than the network)
+            channels = output.shape[-1]
+            flat = tf.reshape(output, (tf.shape(output)[0], -1, channels))
             where = tf.argmax(flat, axis=1, output_type=tf.int32)  # the first maximum, as numpy's
-            found.append((tf.reduce_max(flat, axis=1), where))
+            at = where * channels + tf.range(channels)  # each channel's maximum in the flattened map
+            best = tf.gather(tf.reshape(flat, (tf.shape(output)[0], -1)), at, axis=1, batch_dims=1)
+            found.append((tf.cast(best, tf.float32), where))
         return found
 
     step = tf.function(maxima, reduce_retracing=True)
