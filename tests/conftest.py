@@ -84,6 +84,8 @@ def this_cpu() -> set:
 
 
 def _gpus_tensorflow_sees() -> int:
+    if not any(Path("/proc/driver/nvidia/gpus").glob("*")):
+        return 0  # without a driver there is none to see (and no TensorFlow start-up on the console)
     import tensorflow as tf
 
     return len(tf.config.list_physical_devices("GPU"))
