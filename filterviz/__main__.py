@@ -114,14 +114,14 @@ def spread_over_gpus(job_number: int, launcher: str) -> None:
 def task(cfg: DictConfig) -> float:
     """One job; returns its figure named by `optimized_metric`, which an Optuna sweeper maximises."""
     hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode == RunMode.MULTIRUN:  # first: nothing may have asked TensorFlow for a GPU yet
+        spread_over_gpus(hydra_cfg.job.num, hydra_cfg.launcher._target_)
     try:
         check_ranges(cfg)  # before the slow import of TensorFlow
     except ConfigError as e:
         if hydra_cfg.mode != RunMode.MULTIRUN:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(1)
-    if hydra_cfg.mode == RunMode.MULTIRUN:
-        spread_over_gpus(hydra_cfg.job.num, hydra_cfg.launcher._target_)
     import_tensorflow_quietly()  # here, after Hydra has parsed the command line
     from filterviz import job
     from filterviz.recording import sweep

@@ -31,7 +31,7 @@ class AtlasSweeper(Sweeper):
         from filterviz.core.hardware import import_tensorflow_quietly
 
         import_tensorflow_quietly()  # before anything imports it loudly
-        if self._parallel() > 1 or not self.config.hydra.launcher._target_.endswith("BasicLauncher"):
+        if not self.config.hydra.launcher._target_.endswith("BasicLauncher"):
             from filterviz.core.hardware import keep_off_gpus
 
             keep_off_gpus()  # the jobs compute in their own processes: this one plans and waits
