@@ -120,7 +120,7 @@ def default_out(parent: Optional[Run], target: str) -> Path:
 
 def compare(target: str, where: Optional[str] = None, tracking_uri: Optional[str] = None,
             out: Optional[Path] = None, max_images: int = 8) -> Path:
-    client = MlflowClient(tracking.resolve_store(tracking_uri, must_exist=True).uri)
+    client = tracking.connect(tracking.resolve_store(tracking_uri, must_exist=True))
     runs, parent = find_runs(client, target, where)
     runs = [r for r in runs if r.info.status == "FINISHED"]
     if len(runs) < 2:

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from filterviz.recording import tracking
+
 LAYERS = {"conv_a": 6, "conv_b": 8, "conv_c": 4}
 
 
@@ -40,7 +42,7 @@ def start_atlas(args, cwd: Path) -> subprocess.Popen:
 
 
 def store(cwd: Path) -> MlflowClient:
-    return MlflowClient(tracking_uri=f"sqlite:///{cwd / 'mlruns' / 'mlflow.db'}")
+    return tracking.connect(tracking.resolve_store(f"sqlite:///{cwd / 'mlruns' / 'mlflow.db'}"))
 
 
 def runs_by_kind(cwd: Path):

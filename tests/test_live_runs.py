@@ -12,6 +12,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import WEIGHTS, needs_weights, run_cli
+from filterviz.recording import tracking
 
 pytestmark = needs_weights
 LONG = ["layer=block1_conv1", "filters=0:2", "iters=3000", "input_size=32", f"model.weights={WEIGHTS}"]
@@ -24,7 +25,8 @@ def start(*overrides: str, cwd: Path) -> subprocess.Popen:
 
 
 def store(cwd: Path) -> MlflowClient:
-    return MlflowClient(tracking_uri=f"sqlite:///{cwd / 'mlruns' / 'mlflow.db'}")
+    """The store as a watcher opens it while the run may be creating it (filterviz's own way)."""
+    return tracking.connect(tracking.resolve_store(f"sqlite:///{cwd / 'mlruns' / 'mlflow.db'}"))
 
 
 def runs(client: MlflowClient):

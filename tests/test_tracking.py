@@ -1,3 +1,6 @@
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 from filterviz.recording.tracking import flatten, resolve_store
@@ -70,3 +73,17 @@ def test_the_reaper_ends_only_runs_whose_owner_is_gone(tmp_path):
     finally:
         alive.kill()
         alive.wait()
+
+
+def test_readers_opening_a_store_while_it_is_created_all_get_it(tmp_path):
+    # MLflow creates a SQLite store's tables as a client is made; three processes doing so at one
+    # instant (a watcher, `compare`, a run starting) each failed without the store's lock
+    at = time.time() + 5  # after every interpreter has imported MLflow
+    script = ("import sys, time; from filterviz.recording import tracking\n"
+              "store = tracking.resolve_store(sys.argv[1]); at = float(sys.argv[2])\n"
+              "time.sleep(max(0, at - time.time())); tracking.connect(store).search_experiments()")
+    uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+    procs = [subprocess.Popen([sys.executable, "-c", script, uri, str(at)], stderr=subprocess.PIPE, text=True)
+             for _ in range(3)]
+    failures = [p.communicate(timeout=120)[1] for p in procs if p.wait(timeout=120)]
+    assert not failures, failures[0][-300:]

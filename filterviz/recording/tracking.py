@@ -111,10 +111,18 @@ def _store_lock(store: Store) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+def connect(store: Store) -> MlflowClient:
+    """A client of `store`. MLflow creates or migrates a SQLite store's tables as the client is
+    made, so it is made under the store's lock: a reader that opens the store while a new run
+    creates it would otherwise run the same migration at the same time and fail."""
+    with _store_lock(store):
+        return MlflowClient(tracking_uri=store.uri)
+
+
 def open_run(run_id: str, uri: Optional[str] = None) -> Tuple["Tracker", Run]:
     """An existing run, and a Tracker on its experiment."""
     store = resolve_store(uri, must_exist=True)
-    client = MlflowClient(tracking_uri=store.uri)
+    client = connect(store)
     try:
         run = client.get_run(run_id)
     except Exception as e:
@@ -129,7 +137,7 @@ class Tracker:
         self.store = store
         try:
             with _store_lock(store):
-                self.client = MlflowClient(tracking_uri=store.uri)
+                self.client = MlflowClient(tracking_uri=store.uri)  # under the lock, as connect
                 found = self.client.get_experiment_by_name(experiment)
                 if found is None:
                     self.experiment_id = self.client.create_experiment(
