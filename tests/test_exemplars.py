@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from filterviz.core.exemplars import EMPTY, Maxima, TopK, dataset, image_files, quantile_picks, scan
+from filterviz.core.exemplars import (EMPTY, Maxima, TopK, dataset, image_files, map_maxima, quantile_picks, scan,
+                                      spatial_maxima)
 from filterviz.errors import ConfigError
 
 
@@ -43,6 +44,19 @@ def test_batch_by_batch_and_shard_by_shard_the_top_k_is_the_brute_force_one():
     # fewer images than k: the empty slots stay empty, after the images
     few = TopK.of_batch(activations[:2], np.array([7, 3]), k)
     assert (few.images[:, 2:] == EMPTY).all() and np.isinf(few.values[:, 2:]).all()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_the_graphs_maxima_are_the_first_in_row_major_order_whatever_the_ties(dtype):
+    import tensorflow as tf
+
+    rng = np.random.default_rng(2)
+    activations = rng.integers(0, 3, size=(16, 7, 9, 6)).astype(np.float32)  # ties within rows and across them
+    activations[:, :, :, 0] = 0  # a dead channel: every position ties
+    best, where = map_maxima(tf.constant(activations, dtype))
+    expected_best, expected_where = spatial_maxima(activations)
+    np.testing.assert_array_equal(best.numpy(), expected_best)
+    np.testing.assert_array_equal(where.numpy(), expected_where)
 
 
 def test_a_quantile_is_the_image_at_its_rank_whatever_the_shards_and_keeps_large_activations(tmp_path):

@@ -63,6 +63,11 @@ def gpus() -> List[Gpu]:
     return found
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (a SLURM job's or a container's share, not the machine's)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def describe_device(visible: Optional[Sequence[Gpu]] = None, flags: Optional[List[str]] = None) -> str:
     """The device a run computes on, for the console and the run's record: TensorFlow places the
     ascent on its first GPU when it sees one, else on the CPU."""
@@ -72,8 +77,7 @@ def describe_device(visible: Optional[Sequence[Gpu]] = None, flags: Optional[Lis
         return f"{visible[0]}{more}"
     flags = cpu_flags() if flags is None else flags
     shown = [flag for flag in SHOWN_FLAGS if flag in flags]
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"CPU {_cpuinfo('model name') or 'unknown'}, {cores} core(s), {' '.join(shown) or 'no AVX2'}"
+    return f"CPU {_cpuinfo('model name') or 'unknown'}, {usable_cores()} core(s), {' '.join(shown) or 'no AVX2'}"
 
 
 def gpu_problem(driver_gpus: Optional[int] = None, visible: Optional[Sequence[Gpu]] = None,
