@@ -141,15 +141,27 @@ def test_a_sigkilled_pass_resumes_to_the_same_result_and_shards_merge_to_it(tmp_
     killed.wait(timeout=60)
     assert killed.returncode == -signal.SIGKILL
 
+    # then stopped as a user stops it: one line saying how to go on
+    stopped = subprocess.Popen([sys.executable, "-m", "filterviz.exemplars", *common, "checkpoint_seconds=0"],
+                               cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in stopped.stdout:
+        if "examples: images" in line:
+            stopped.send_signal(signal.SIGTERM)
+            break
+    _, err = stopped.communicate(timeout=60)
+    assert stopped.returncode == 128 + signal.SIGTERM, err
+    assert err.strip().splitlines()[-1] == ("stopped by SIGTERM: the images read so far are checkpointed; "
+                                            "the same command resumes the pass"), err
+
     resumed = command(*common, "checkpoint_seconds=0", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     [said] = [line for line in resumed.stdout.splitlines() if line.startswith("resuming from the checkpoint")]
     held = int(said.split(": ")[1].split()[0])
     assert 0 < held < 240, said
-    [results] = [r for r in tmp_path.glob("outputs/exemplars/*/*/results") if (r / "examples").is_dir()]  # not the killed one's
+    [results] = [r for r in tmp_path.glob("outputs/exemplars/*/*/results") if (r / "examples").is_dir()]  # not the stopped ones'
     client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
-    runs = {r.info.status for r in client.search_runs(client.search_experiments()[0].experiment_id)}
-    assert runs == {"FAILED", "FINISHED"}, "the killed pass's run is ended, the resumed one finished"
+    runs = sorted(r.info.status for r in client.search_runs(client.search_experiments()[0].experiment_id))
+    assert runs == ["FAILED", "FINISHED", "KILLED"], "the killed pass's run is ended, the stopped one killed, the last finished"
 
     sharded = command(*common, "shards=2", "hydra/launcher=joblib", cwd=tmp_path)
     assert sharded.returncode == 0, sharded.stderr[-2000:]

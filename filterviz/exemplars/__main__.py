@@ -19,7 +19,7 @@ from omegaconf import DictConfig  # noqa: E402
 
 from filterviz.__main__ import end_at_once, main  # noqa: E402
 from filterviz.core.hardware import import_tensorflow_quietly  # noqa: E402
-from filterviz.errors import ConfigError, first_line  # noqa: E402
+from filterviz.errors import ConfigError, Stopped, first_line  # noqa: E402
 
 
 def task(cfg: DictConfig) -> None:
@@ -40,6 +40,9 @@ def task(cfg: DictConfig) -> None:
     say_device()
     try:
         outcome = job.run(cfg, output_dir, command, record and record.parent_run_id)
+    except Stopped as stop:
+        print(f"{stop}: the images read so far are checkpointed; the same command resumes the pass", file=sys.stderr)
+        raise
     except Exception as e:
         error = str(e) if isinstance(e, ConfigError) else f"{type(e).__name__}: {first_line(e)}"
         if not multirun:
