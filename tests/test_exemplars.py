@@ -53,10 +53,12 @@ def test_the_graphs_maxima_are_the_first_in_row_major_order_whatever_the_ties(dt
     rng = np.random.default_rng(2)
     activations = rng.integers(0, 3, size=(16, 7, 9, 6)).astype(np.float32)  # ties within rows and across them
     activations[:, :, :, 0] = 0  # a dead channel: every position ties
-    best, where = map_maxima(tf.constant(activations, dtype))
     expected_best, expected_where = spatial_maxima(activations)
-    np.testing.assert_array_equal(best.numpy(), expected_best)
-    np.testing.assert_array_equal(where.numpy(), expected_where)
+    unsized = tf.function(map_maxima, input_signature=[tf.TensorSpec((None, None, None, 6), dtype)])
+    for maxima in (map_maxima, unsized):  # a map of known size (pools), of unknown size (one argmax)
+        best, where = maxima(tf.constant(activations, dtype))
+        np.testing.assert_array_equal(best.numpy(), expected_best)
+        np.testing.assert_array_equal(where.numpy(), expected_where)
 
 
 def test_a_quantile_is_the_image_at_its_rank_whatever_the_shards_and_keeps_large_activations(tmp_path):

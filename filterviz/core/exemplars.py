@@ -190,8 +190,8 @@ def map_maxima(output: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
     that column's maximum is in that row. Elsewhere (ties across rows, 0.02-3 % of them in VGG16)
     the row itself is searched."""
     height, width, channels = output.shape[1:]
-    flat = tf.reshape(output, (tf.shape(output)[0], -1, channels))
     if height is None or width is None:  # pools need the map's size: one argmax over the whole map
+        flat = tf.reshape(output, (tf.shape(output)[0], -1, channels))
         where = tf.argmax(flat, axis=1, output_type=tf.int32)  # the first maximum, as numpy's
         at = where * channels + tf.range(channels)
         return tf.cast(tf.gather(tf.reshape(flat, (tf.shape(output)[0], -1)), at, axis=1, batch_dims=1),
