@@ -125,30 +125,28 @@ def arrays(results):
     return out
 
 
+def signalled_at_first_progress(common, signum, cwd):
+    """The pass (every batch checkpointed) sent `signum` at its first progress line: (process, stderr)."""
+    proc = subprocess.Popen([sys.executable, "-m", "filterviz.exemplars", *common, "checkpoint_seconds=0"],
+                            cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if "examples: images" in line:
+            proc.send_signal(signum)
+            break
+    return proc, proc.communicate(timeout=60)[1]
+
+
 def test_a_sigkilled_pass_resumes_to_the_same_result_and_shards_merge_to_it(tmp_path):
     folder = tmp_path / "images"
     make_scenes(folder, 240, seed=1)
     small_net().save(tmp_path / "small.keras")
     common = [f"data={folder}", "model=file", f"model.path={tmp_path / 'small.keras'}", f"input_size={SIZE}",
               "batch_size=8", "preprocess=false", "k=4", f"tracking.uri=sqlite:///{tmp_path}/mlruns/mlflow.db"]
-    # every batch checkpointed; killed outright at its first progress line
-    killed = subprocess.Popen([sys.executable, "-m", "filterviz.exemplars", *common, "checkpoint_seconds=0"],
-                              cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    for line in killed.stdout:
-        if "examples: images" in line:
-            killed.send_signal(signal.SIGKILL)
-            break
-    killed.wait(timeout=60)
+    killed, _ = signalled_at_first_progress(common, signal.SIGKILL, tmp_path)  # killed outright
     assert killed.returncode == -signal.SIGKILL
 
     # then stopped as a user stops it: one line saying how to go on
-    stopped = subprocess.Popen([sys.executable, "-m", "filterviz.exemplars", *common, "checkpoint_seconds=0"],
-                               cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    for line in stopped.stdout:
-        if "examples: images" in line:
-            stopped.send_signal(signal.SIGTERM)
-            break
-    _, err = stopped.communicate(timeout=60)
+    stopped, err = signalled_at_first_progress(common, signal.SIGTERM, tmp_path)
     assert stopped.returncode == 128 + signal.SIGTERM, err
     assert err.strip().splitlines()[-1] == ("stopped by SIGTERM: the images read so far are checkpointed; "
                                             "the same command resumes the pass"), err
