@@ -11,7 +11,7 @@ from conftest import GPUS, this_cpu
 from filterviz.core.ascent import Ascent, Recipe
 from filterviz.core.optimizers import L2Step
 from filterviz.core.params import Fourier
-from filterviz.core.transforms import Transforms, warp
+from filterviz.core.transforms import Transforms, _uniform_per_image, warp
 from filterviz.core.xla import TiledMaxPool, for_xla
 
 LUCID_VIEWS = dict(pad=12, jitter=8, scale=[0.9, 1.1], rotate=10.0, jitter_after=4)
@@ -32,9 +32,29 @@ def test_the_xla_warp_samples_exactly_as_tensorflows_kernel():
     shift, scale = tf.constant(rng.uniform(-9, 9, (3, 2)), tf.float32), tf.constant([0.8, 1.0, 1.2])
     angle = tf.constant([-0.3, 0.0, 0.2])
     for size in (None, (32, 32)):  # a view as big as the padded picture, and one of the picture's size
-        kernel = warp(images, shift, scale, angle, size).numpy()
-        np.testing.assert_array_equal(warp(images, shift, scale, angle, size, xla=True).numpy(), kernel)
-        assert kernel.shape[1:3] == (size or (40, 40))
+        for fill in (None, 0.5):  # reflected beyond the edges, or grey
+            kernel = warp(images, shift, scale, angle, size, fill=fill).numpy()
+            np.testing.assert_array_equal(warp(images, shift, scale, angle, size, xla=True, fill=fill).numpy(), kernel)
+            assert kernel.shape[1:3] == (size or (40, 40))
+
+
+def test_a_same_size_view_is_the_padded_pictures_view_with_its_gradient_at_less_cost():
+    pictures = tf.random.stateless_uniform((4, 32, 32, 3), seed=[3, 4])
+    seeds, pad = tf.constant([1, 2, 3, 4]), 12
+    view = Transforms(**LUCID_VIEWS, same_size=True)
+    weights = tf.random.stateless_uniform((4, 32, 32, 3), seed=[5, 6])  # a gradient that differs per pixel
+    for step in range(3):
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch(pictures)
+            u = _uniform_per_image(seeds, tf.constant(step))
+            padded = tf.pad(pictures, [[0, 0], [pad, pad], [pad, pad], [0, 0]], constant_values=0.5)
+            of_padded = warp(padded, u[:, 0:2] * 8 + u[:, 4:6] * 4, 0.9 + (u[:, 2] + 1) / 2 * 0.2,
+                             u[:, 3] * np.pi / 18, output_size=(32, 32))
+            of_picture = view(pictures, seeds, tf.constant(step))
+            before, now = tf.reduce_sum(of_padded * weights), tf.reduce_sum(of_picture * weights)
+        np.testing.assert_allclose(of_picture.numpy(), of_padded.numpy(), atol=1e-5)
+        np.testing.assert_allclose(tape.gradient(now, pictures).numpy(), tape.gradient(before, pictures).numpy(),
+                                   atol=1e-4)
 
 
 def test_same_size_views_are_the_pictures_size_and_padded_ones_are_not():
@@ -118,6 +138,24 @@ def test_any_xla_failure_falls_back_to_the_uncompiled_step_with_one_warning(capl
     assert "running it uncompiled" in warnings[0] and "\n" not in warnings[0]
     assert climbed(result) and np.isfinite(result.images).all()
     np.testing.assert_array_equal(run(xla=True).images, result.images)  # the fallback is as deterministic
+
+
+def test_the_image_operations_xla_fuses_in_a_plain_step_fall_back_with_one_warning(caplog):
+    model = small_model(keras.layers.MaxPooling2D())
+
+    def run(preprocess):
+        recipe = Recipe(param=Fourier(), transforms=Transforms(**LUCID_VIEWS, same_size=True), optimizer=L2Step,
+                        preprocess=preprocess)
+        return Ascent(model, recipe, iters=6, step_size=0.5, input_size=28, batch_size=2).run([0, 1])
+
+    with caplog.at_level(logging.WARNING):
+        fused = run(lambda x: x * 2.0 - 1.0)
+        assert not [r for r in caplog.records if r.name == "filterviz.core.ascent"], "it must compile"
+        fell_back = run(FailsItsFirstTrace())
+    warnings = [r.getMessage() for r in caplog.records if r.name == "filterviz.core.ascent"]
+    assert len(warnings) == 1 and "InternalError: libdevice not found" in warnings[0], warnings
+    assert "running them uncompiled" in warnings[0] and "\n" not in warnings[0]
+    assert climbed(fused) and climbed(fell_back)
 
 
 def test_the_default_run_compiles_with_xla_only_where_it_was_measured_faster():

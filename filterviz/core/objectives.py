@@ -16,6 +16,7 @@ a filter is dead: see `AscentResult.dead` in ascent.py.
 
 import re
 from dataclasses import dataclass, replace
+from functools import cached_property
 from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
@@ -27,48 +28,63 @@ from filterviz.core.transforms import gaussian_blur
 
 @dataclass
 class Context:
-    activations: tf.Tensor  # (batch, h, w, channels) of the layer, float32
+    output: Optional[tf.Tensor]  # (batch, h, w, channels): the layer's output, in its compute dtype
     filters: tf.Tensor  # (batch,) int32: each image's filter
     images: Optional[tf.Tensor]  # (batch, size, size, c): the image in [0, 1] before transforms
     copies: int = 1  # images per filter, consecutive in the batch
     border: int = 0  # activation-map pixels left out at each edge
     direction: Optional[tf.Tensor] = None  # (channels,) for `direction`
+    own: Optional[tf.Tensor] = None  # (batch, h, w): each image's own filter's map, where only that was computed
+
+    @cached_property
+    def activations(self) -> tf.Tensor:
+        """The layer's whole output in float32."""
+        if self.output is None:
+            raise ValueError("this objective reads the whole layer, which was not computed (see OWN_FILTER_TERMS)")
+        return tf.cast(self.output, tf.float32)
+
+    def own_maps(self) -> tf.Tensor:
+        """(batch, h, w) float32: each image's own filter's map. Picked in the layer's dtype and cast
+        after, not cast whole: at block1 of VGG16 casting the whole map to float32 (and its gradient
+        back) cost a tenth of a step; the values are the same."""
+        own = self.own if self.own is not None else tf.gather(self.output, self.filters, axis=3, batch_dims=1)
+        return tf.cast(own, tf.float32)
 
 
-def _cropped(ctx: Context) -> tf.Tensor:
+def _cropped(ctx: Context, maps: tf.Tensor) -> tf.Tensor:
+    """`maps` (batch, h, w, ...) without the border."""
     b = ctx.border
-    return ctx.activations[:, b:-b, b:-b, :] if b else ctx.activations
+    return maps[:, b:-b, b:-b] if b else maps
 
 
 def channel(ctx: Context) -> tf.Tensor:
-    return tf.reduce_mean(tf.gather(_cropped(ctx), ctx.filters, axis=3, batch_dims=1), axis=[1, 2])
+    return tf.reduce_mean(_cropped(ctx, ctx.own_maps()), axis=[1, 2])
 
 
 def channel_means(ctx: Context) -> tf.Tensor:
     """(batch, channels): every channel's mean response, as `channel` reads its own (not a term)."""
-    return tf.reduce_mean(_cropped(ctx), axis=[1, 2])
+    return tf.reduce_mean(_cropped(ctx, ctx.activations), axis=[1, 2])
 
 
 def neuron(ctx: Context) -> tf.Tensor:
-    acts = ctx.activations
-    centre = acts[:, tf.shape(acts)[1] // 2, tf.shape(acts)[2] // 2, :]
-    return tf.gather(centre, ctx.filters, axis=1, batch_dims=1)
+    maps = ctx.own_maps()
+    return maps[:, tf.shape(maps)[1] // 2, tf.shape(maps)[2] // 2]
 
 
 def layer(ctx: Context) -> tf.Tensor:
-    return tf.reduce_mean(tf.square(_cropped(ctx)), axis=[1, 2, 3])
+    return tf.reduce_mean(tf.square(_cropped(ctx, ctx.activations)), axis=[1, 2, 3])
 
 
 def direction(ctx: Context) -> tf.Tensor:
     unit = tf.math.l2_normalize(ctx.direction)
-    return tf.reduce_mean(tf.tensordot(_cropped(ctx), unit, axes=[[3], [0]]), axis=[1, 2])
+    return tf.reduce_mean(tf.tensordot(_cropped(ctx, ctx.activations), unit, axes=[[3], [0]]), axis=[1, 2])
 
 
 def diversity(ctx: Context) -> tf.Tensor:
     """Minus the mean cosine similarity of an image's Gram matrix to those of its filter's other copies."""
     k = ctx.copies
     if k < 2:
-        return tf.zeros(tf.shape(ctx.activations)[:1])
+        return tf.zeros(tf.shape(ctx.filters), tf.float32)
     acts = ctx.activations
     flat = tf.reshape(acts, [tf.shape(acts)[0], -1, tf.shape(acts)[3]])
     gram = tf.math.l2_normalize(tf.reshape(tf.matmul(flat, flat, transpose_a=True), [tf.shape(acts)[0], -1]), axis=1)
@@ -153,9 +169,16 @@ class Objective:
             raise ConfigError(f"objective.direction has {len(vector)} values; {layer} has {channels} channels")
         return replace(self, direction=[float(v) for v in vector])
 
-    def context(self, activations: tf.Tensor, filters: tf.Tensor, images: Optional[tf.Tensor] = None) -> Context:
+    @property
+    def own_filter_only(self) -> bool:
+        """Whether every term reads the image's own filter alone (or the image), not the whole layer."""
+        return all(name in OWN_FILTER_TERMS for _, name in self.terms)
+
+    def context(self, output: Optional[tf.Tensor], filters: tf.Tensor, images: Optional[tf.Tensor] = None,
+                own: Optional[tf.Tensor] = None) -> Context:
+        """`output`: the layer's whole output, or None where `own` holds each image's own filter's map."""
         direction = None if self.direction is None else tf.constant(self.direction, tf.float32)
-        return Context(activations, filters, images, self.copies, self.border, direction)
+        return Context(output, filters, images, self.copies, self.border, direction, own)
 
     def __call__(self, ctx: Context) -> tf.Tensor:
         """The per-image objective: the weighted sum of the terms."""
@@ -169,6 +192,9 @@ class Objective:
 
 activation = channel  # the filter's mean response, whatever the objective
 FILTER_TERMS = ("channel", "neuron")  # the terms that make an image a picture of its own filter
+# the terms that read no filter of the layer but the image's own: with only these, the ascent computes
+# the layer's last convolution for each image's own filter alone (own_filter.py)
+OWN_FILTER_TERMS = (*FILTER_TERMS, "l1", "l2", "tv", "blur")
 
 
 def random_direction(channels: int, seed: int) -> np.ndarray:

@@ -105,13 +105,12 @@ def measure(extractor: keras.Model, result: AscentResult, recipe: Recipe, batch_
     def activation(x, idx):
         """Per image: its filter's activation, and own / (own + strongest rival) of the layer."""
         x = recipe.preprocess(x) if recipe.preprocess else x
-        acts = tf.cast(extractor(x, training=False), tf.float32)
-        context = recipe.objective.context(acts, idx)
+        context = recipe.objective.context(extractor(x, training=False), idx)
         means = tf.nn.relu(objectives.channel_means(context))  # the whole layer, already computed: ~free
         own = tf.gather(means, idx, axis=1, batch_dims=1)
         rival = tf.reduce_max(tf.where(tf.one_hot(idx, tf.shape(means)[1]) > 0, 0.0, means), axis=1)
-        own_map = tf.gather(acts, idx, axis=3, batch_dims=1)  # (batch, height, width): the filter's map
-        return objectives.activation(context), tf.math.divide_no_nan(own, own + rival), tf.reduce_max(own_map, [1, 2])
+        return (objectives.activation(context), tf.math.divide_no_nan(own, own + rival),
+                tf.reduce_max(context.own_maps(), [1, 2]))
 
     plain, viewed, specific, peak = [], [], [], []
     for start in range(0, len(result.images), batch_size):

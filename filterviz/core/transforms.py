@@ -45,15 +45,21 @@ class Transforms:
         """One random view per image; `seeds` (batch,) int32, `step` a scalar int32; `xla`: made of
         ops XLA can compile."""
         size = images.shape[1:3] if self.same_size else None
-        if self.pad:
+        warped = bool(self.jitter or self.scale or self.rotate or self.jitter_after)
+        # A moving view of the picture's size samples the picture itself with the pad's grey as its
+        # fill, not a padded copy: the same view as far as the copy's reflected edge (twice the pad:
+        # 24 px, beyond lucid's views' reach) and the same gradient (_filled_warp), at 1.56x less work
+        # for the gradient and none for the pad (VGG16 at 96 px, 16 pictures: 7.0 -> 4.0 ms).
+        fill = self.pad_value if warped and size is not None and self.pad else None
+        if self.pad and fill is None:
             p = self.pad
             images = tf.pad(images, [[0, 0], [p, p], [p, p], [0, 0]], constant_values=self.pad_value)
-        if self.jitter or self.scale or self.rotate or self.jitter_after:
+        if warped:
             u = _uniform_per_image(seeds, step)
             lo, hi = self.scale or (1.0, 1.0)
             images = warp(images, shift=u[:, 0:2] * self.jitter + u[:, 4:6] * self.jitter_after,
                           scale=lo + (u[:, 2] + 1.0) / 2.0 * (hi - lo), angle=u[:, 3] * math.radians(self.rotate),
-                          output_size=size, xla=xla)
+                          output_size=size, xla=xla, fill=fill)
         elif size is not None and self.pad:
             images = images[:, self.pad : self.pad + size[0], self.pad : self.pad + size[1]]
         if self.blur:
@@ -72,10 +78,10 @@ def _uniform_per_image(seeds: tf.Tensor, step: tf.Tensor) -> tf.Tensor:
 
 
 def warp(images: tf.Tensor, shift: tf.Tensor, scale: tf.Tensor, angle: tf.Tensor,
-         output_size: Optional[Sequence[int]] = None, xla: bool = False) -> tf.Tensor:
+         output_size: Optional[Sequence[int]] = None, xla: bool = False, fill: Optional[float] = None) -> tf.Tensor:
     """Per-image zoom by `scale` and rotation by `angle` about the centre, then a `shift` in pixels,
-    sampled bilinearly into `output_size` (default: the input's size) about the same centre, the
-    image reflected beyond its edges."""
+    sampled bilinearly into `output_size` (default: the input's size) about the same centre; beyond
+    the image's edges, the image reflected (`fill` None) or the value `fill`."""
     size = tf.cast(tf.shape(images)[1:3], tf.float32)
     out = tf.shape(images)[1:3] if output_size is None else tf.constant(list(output_size), tf.int32)
     cy, cx = (size[0] - 1.0) / 2.0, (size[1] - 1.0) / 2.0
@@ -88,15 +94,43 @@ def warp(images: tf.Tensor, shift: tf.Tensor, scale: tf.Tensor, angle: tf.Tensor
     a2 = cx - a0 * ox - a1 * oy
     b2 = cy - b0 * ox - b1 * oy
     if xla:
-        return _warp_by_gather(images, tf.stack([a0, a1, a2, b0, b1, b2], axis=1), output_size or images.shape[1:3])
+        return _warp_by_gather(images, tf.stack([a0, a1, a2, b0, b1, b2], axis=1), output_size or images.shape[1:3],
+                               fill)
     zeros = tf.zeros_like(a0)
     transforms = tf.stack([a0, a1, a2, b0, b1, b2, zeros, zeros], axis=1)
-    return tf.raw_ops.ImageProjectiveTransformV3(
-        images=images, transforms=transforms, output_shape=out, fill_value=0.0,
-        interpolation="BILINEAR", fill_mode="REFLECT")
+    if fill is None:
+        return tf.raw_ops.ImageProjectiveTransformV3(images=images, transforms=transforms, output_shape=out,
+                                                     fill_value=0.0, interpolation="BILINEAR", fill_mode="REFLECT")
+    return _filled_warp(images, transforms, out, fill)
 
 
-def _warp_by_gather(images: tf.Tensor, affine: tf.Tensor, output_size: Sequence[int]) -> tf.Tensor:
+def _filled_warp(images: tf.Tensor, transforms: tf.Tensor, output_shape: tf.Tensor, fill: float) -> tf.Tensor:
+    """The warp with `fill` beyond the image's edges, and the gradient TensorFlow registers for a
+    reflecting one: the inverse warp of the view's gradient, reflected at the view's edges. That is
+    the gradient a view of a padded copy had, to the picture's pixels; with it the pictures are
+    those of the padded copy (with the constant fill's own gradient, the HF fraction of the default
+    recipe's pictures rose from 0.173 to 0.181 over 128 pictures of VGG16, and the score fell)."""
+
+    @tf.custom_gradient
+    def view(images):
+        warped = tf.raw_ops.ImageProjectiveTransformV3(images=images, transforms=transforms, output_shape=output_shape,
+                                                       fill_value=fill, interpolation="BILINEAR", fill_mode="CONSTANT")
+
+        def gradient(upstream):
+            matrices = tf.reshape(tf.concat([transforms, tf.ones_like(transforms[:, :1])], axis=1), [-1, 3, 3])
+            inverse = tf.linalg.inv(matrices)
+            inverse = tf.reshape(inverse / inverse[:, 2:3, 2:3], [-1, 9])[:, :8]
+            return tf.raw_ops.ImageProjectiveTransformV3(images=upstream, transforms=inverse,
+                                                         output_shape=tf.shape(images)[1:3], fill_value=0.0,
+                                                         interpolation="BILINEAR", fill_mode="REFLECT")
+
+        return warped, gradient
+
+    return view(images)
+
+
+def _warp_by_gather(images: tf.Tensor, affine: tf.Tensor, output_size: Sequence[int],
+                    fill: Optional[float] = None) -> tf.Tensor:
     """ImageProjectiveTransformV3's bilinear, reflecting warp made of gathers, which XLA compiles
     (it has no kernel for that op): the same view, bit for bit. Its gradient is the sampling's exact
     adjoint, where TensorFlow's registered one is the inverse warp, an approximation; so an XLA
@@ -106,17 +140,24 @@ def _warp_by_gather(images: tf.Tensor, affine: tf.Tensor, output_size: Sequence[
     ys, xs = np.meshgrid(np.arange(output_size[0], dtype=np.float32), np.arange(output_size[1], dtype=np.float32),
                          indexing="ij")
     a = affine[:, :, None, None]
-    x = _reflect(a[:, 0] * xs + a[:, 1] * ys + a[:, 2], width)
-    y = _reflect(a[:, 3] * xs + a[:, 4] * ys + a[:, 5], height)
+    x, y = a[:, 0] * xs + a[:, 1] * ys + a[:, 2], a[:, 3] * xs + a[:, 4] * ys + a[:, 5]
+    if fill is None:
+        x, y = _reflect(x, width), _reflect(y, height)
     x0, y0 = tf.floor(x), tf.floor(y)
     wx, wy = (x - x0)[..., None], (y - y0)[..., None]
     x0, y0 = tf.cast(x0, tf.int32), tf.cast(y0, tf.int32)
-    x1, y1 = tf.minimum(x0 + 1, width - 1), tf.minimum(y0 + 1, height - 1)
+    if fill is None:
+        x1, y1 = tf.minimum(x0 + 1, width - 1), tf.minimum(y0 + 1, height - 1)
+    else:
+        x1, y1 = x0 + 1, y0 + 1
     flat = tf.reshape(images, [n, height * width, channels])
 
     def at(yi, xi):
-        return tf.reshape(tf.gather(flat, tf.reshape(yi * width + xi, [n, -1]), batch_dims=1),
-                          [n, output_size[0], output_size[1], channels])
+        inside = (yi >= 0) & (yi < height) & (xi >= 0) & (xi < width)
+        index = tf.clip_by_value(yi, 0, height - 1) * width + tf.clip_by_value(xi, 0, width - 1)
+        value = tf.reshape(tf.gather(flat, tf.reshape(index, [n, -1]), batch_dims=1),
+                           [n, output_size[0], output_size[1], channels])
+        return value if fill is None else tf.where(inside[..., None], value, fill)
 
     top = (1.0 - wx) * at(y0, x0) + wx * at(y0, x1)
     bottom = (1.0 - wx) * at(y1, x0) + wx * at(y1, x1)
