@@ -64,7 +64,7 @@ def atlas_speeds(args, layers, precision: Optional[str], site: Optional[Path]) -
         if args.per_layer == "job":  # one whole job of each layer, as the atlas plans it: its own batches and retries
             from filterviz.atlas.plan import chunk_size
 
-            deepest, seconds, peak, out = max(layer.cost for layer in layers), 0.0, 0.0, ""
+            deepest, seconds, peak, out = max(layer.cost for layer in args.every), 0.0, 0.0, ""
             for layer in layers:
                 size = chunk_size(layer, deepest, args.batch, None)
                 took, most, said = run_atlas(args, layer.name, Path(store), *extra, per_layer=size)
@@ -132,6 +132,8 @@ def main() -> None:
                              "it (its batches and dead-filter retries as in the whole atlas; slower)")
     parser.add_argument("--iters", type=int, default=64, help="iterations (the default recipe's: 64)")
     parser.add_argument("--size", type=int, default=96)
+    parser.add_argument("--layers", default="all", help="the layers measured: all, a name or a shell pattern "
+                        "(the whole-network line then covers those alone)")
     parser.add_argument("--precisions", nargs="+", help="float32 and/or bfloat16 (default: the machine's default)")
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds of the bare pass (median)")
     parser.add_argument("--bare-steps", type=int, default=8, help="steps per timed round of the bare pass")
@@ -144,14 +146,15 @@ def main() -> None:
 
     import keras
 
-    from filterviz.atlas.plan import plan_jobs
+    from filterviz.atlas.plan import plan_jobs, select_layers
     from filterviz.config import register_configs
     from filterviz.core import hardware, models
 
     register_configs()
-    layers = models.conv_layers(models.load_model(args.model, None), args.size)
+    every = models.conv_layers(models.load_model(args.model, None), args.size)
+    layers, args.every = select_layers(every, args.layers), every
     batch = args.batch = next((int(o.split("=")[1]) for o in args.overrides if o.startswith("batch_size=")), 16)
-    jobs = plan_jobs(layers, {}, batch_size=batch)
+    jobs = [job for job in plan_jobs(every, {}, batch_size=batch) if job.layer in {layer.name for layer in layers}]
     filters = sum(layer.filters for layer in layers)
     print(f"{args.model} atlas at {args.size} px, {args.iters} iterations, measured on "
           f"{'one job' if args.per_layer == 'job' else f'{args.per_layer} filters'} of "

@@ -14,9 +14,14 @@ bootstrap interval of the mean paired difference holds 0, and loses when it lies
 
     python experiments/presets.py --weights ../shared/weights/vgg16_imagenet_notop.weights.h5 \\
         --budget 40 --out docs/presets.png
+
+A change to the code that makes the pictures is checked the same way, against the pictures of the
+code before it: `--save before.json` on the old code, then `--against before.json` on the new
+(same presets, layers, filters and iterations).
 """
 
 import argparse
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -105,6 +110,8 @@ def main() -> None:
     parser.add_argument("--iters", type=int, help="instead of a time budget: each preset's own iterations "
                         "(e.g. 64, the default's): the same pictures a run makes, for recipes that differ in speed only")
     parser.add_argument("--out", type=Path, default=Path("presets.png"))
+    parser.add_argument("--save", type=Path, help="write each preset's per-picture figures here (JSON)")
+    parser.add_argument("--against", type=Path, help="compare each preset's pictures with those --save wrote")
     args = parser.parse_args()
     register_configs()
     presets, layers = args.presets.split(","), args.layers.split(",")
@@ -159,6 +166,22 @@ def main() -> None:
                     lost.add(figure)
             print(f"| {preset} | {' | '.join(cells)} |")
         print(f"\n{DEFAULT}: " + ("wins or ties on both" if not lost else f"loses on {' and '.join(sorted(lost))}"))
+    if args.save:
+        args.save.write_text(json.dumps(pictures, indent=1))
+    if args.against:
+        before = json.loads(args.against.read_text())
+        print(f"\nagainst {args.against}, picture by picture (mean difference, 95 % bootstrap interval):\n")
+        print("| preset | pictures | score now / before | verdict | specificity now / before | verdict |")
+        print("| --- | --- | --- | --- | --- | --- |")
+        for preset in (p for p in presets if p in before):
+            cells = []
+            for figure in ("score", "specificity"):
+                now, then = pictures[preset][figure], before[preset][figure]
+                verdict, low, high = paired_verdict(now, then)
+                cells += [f"{np.nanmean(list(now.values())):.3f} / {np.nanmean(list(then.values())):.3f}",
+                          f"{verdict} [{low:+.3f}, {high:+.3f}]"]
+            shared = len(pictures[preset]["score"].keys() & before[preset]["score"].keys())
+            print(f"| {preset} | {shared} | {' | '.join(cells)} |")
 
     cols = max(len(r[2]) for r in rows)
     fig, axes = plt.subplots(len(rows), cols, figsize=(cols * 1.1, len(rows) * 1.15))
