@@ -146,7 +146,7 @@ def main() -> None:
 
     import keras
 
-    from filterviz.atlas.plan import plan_jobs, select_layers
+    from filterviz.atlas.plan import chunk_size, plan_jobs, select_layers
     from filterviz.config import register_configs
     from filterviz.core import hardware, models
 
@@ -183,10 +183,11 @@ def main() -> None:
               f"the bare pass's floor {timedelta(seconds=round(floor))}")
         print(f"  peak memory of the atlas process, all {len(layers)} layers: {peak:.0f} MiB")
     if not args.no_memory:
-        costliest = max(layers, key=lambda layer: layer.cost).name
+        costliest = max(layers, key=lambda layer: layer.cost)
+        size = chunk_size(costliest, costliest.cost, batch, None) if args.per_layer == "job" else None  # one job
         with tempfile.TemporaryDirectory() as alone:
-            _, alone_peak, _ = run_atlas(args, costliest, Path(alone))
-        print(f"peak memory of the atlas process for {costliest} alone: {alone_peak:.0f} MiB")
+            _, alone_peak, _ = run_atlas(args, costliest.name, Path(alone), per_layer=size)
+        print(f"peak memory of the atlas process for {costliest.name} alone: {alone_peak:.0f} MiB")
 
 
 if __name__ == "__main__":

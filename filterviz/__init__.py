@@ -8,9 +8,10 @@ examples' (filterviz/api.py); imported on first use, so
 
 __version__ = "0.1.0"
 
-from filterviz.core.hardware import share_gpus  # noqa: E402
+from filterviz.core.hardware import keep_xla_compilations, share_gpus  # noqa: E402
 
 share_gpus()  # before TensorFlow first uses a GPU, in every process that runs filterviz: parallel jobs share one
+keep_xla_compilations()  # before TensorFlow first compiles with XLA
 
 
 def __getattr__(name):

@@ -1,10 +1,12 @@
 """The default run's speed-ups: views of the picture's size, and the XLA-compiled step."""
 
 import logging
+import os
+import subprocess
+import sys
 
 import keras
 import numpy as np
-import pytest
 import tensorflow as tf
 
 from conftest import GPUS, this_cpu
@@ -171,3 +173,23 @@ def test_the_default_run_compiles_with_xla_only_where_it_was_measured_faster():
     assert xla_is_faster(["sse4_2", "avx2", "fma"], gpus=0)
     assert not xla_is_faster(["avx2", "avx512f", "avx512bw"], gpus=0)
     assert not xla_is_faster(["avx2"], gpus=1)
+
+
+def test_xla_compilations_are_kept_on_disk_for_the_next_job_where_the_cache_can_be_written(tmp_path):
+    from filterviz.core.hardware import keep_xla_compilations
+
+    environ = {"XDG_CACHE_HOME": str(tmp_path)}
+    assert keep_xla_compilations(environ) == tmp_path / "filterviz" / "xla"
+    assert environ["TF_XLA_FLAGS"] == f"--tf_xla_persistent_cache_directory={tmp_path}/filterviz/xla"
+    mine = {"TF_XLA_FLAGS": "--tf_xla_persistent_cache_directory=/mine", "XDG_CACHE_HOME": str(tmp_path)}
+    assert keep_xla_compilations(mine) is None and mine["TF_XLA_FLAGS"] == "--tf_xla_persistent_cache_directory=/mine"
+    (tmp_path / "a_file").write_text("")
+    unwritable = {"XDG_CACHE_HOME": str(tmp_path / "a_file")}  # an unwritable cache would fail every compile
+    assert keep_xla_compilations(unwritable) is None and "TF_XLA_FLAGS" not in unwritable
+    # A process that imports filterviz and compiles leaves its compilation in the cache.
+    compile_once = ("import filterviz, tensorflow as tf; "
+                    "tf.function(lambda x: x * 2.0 + 1.0, jit_compile=True)(tf.ones(3)).numpy()")
+    env = {k: v for k, v in os.environ.items() if k != "TF_XLA_FLAGS"}
+    subprocess.run([sys.executable, "-c", compile_once], env={**env, "XDG_CACHE_HOME": str(tmp_path / "home")},
+                   check=True, capture_output=True)
+    assert list((tmp_path / "home" / "filterviz" / "xla").iterdir())
