@@ -109,8 +109,8 @@ def start(module: str, args: list, cwd: Path) -> subprocess.Popen:
 ITERS = 1200
 
 
-def sweep(args: list, cwd: Path) -> subprocess.Popen:
-    return start("filterviz", ["-m", *launcher(), "layer=block1_conv1", f"iters={ITERS}", f"model.weights={WEIGHTS}",
+def sweep(args: list, cwd: Path, layer: str = "block1_conv1") -> subprocess.Popen:
+    return start("filterviz", ["-m", *launcher(), f"layer={layer}", f"iters={ITERS}", f"model.weights={WEIGHTS}",
                                *args], cwd)
 
 
@@ -232,9 +232,10 @@ def test_a_sweep_on_slurm_requeues_a_job_warned_of_its_time_limit_and_reports_a_
 @needs_slurm
 @needs_weights
 def test_a_sweep_on_slurm_fails_a_job_past_its_requeues_and_one_killed_for_memory_saying_so(tmp_path):
-    # 1536 px: the first layer's activations and their gradients alone take GBs, past the job's 2 GB
-    # (a 32 px job takes ~1 GB), which slurmstepd polls every second (.ci/slurm)
-    proc = sweep(["hydra.launcher.max_num_timeout=1", "input_size=32,1536"], tmp_path)
+    # 2048 px at block1_conv2: the first layer's 64 maps and their gradients take 2.9 GB in the first
+    # step, past the job's 2 GB (a 32 px job takes ~1 GB), which slurmstepd polls every second
+    # (.ci/slurm). Not block1_conv1: its step computes one map a picture (own_filter.py), 1.4 GB at 1536 px.
+    proc = sweep(["hydra.launcher.max_num_timeout=1", "input_size=32,2048"], tmp_path, layer="block1_conv2")
     try:
         lines = running(proc, 1)
         timed = slurm_id(lines, 0)
@@ -261,7 +262,7 @@ def test_a_sweep_on_slurm_fails_a_job_past_its_requeues_and_one_killed_for_memor
     first, second = report(console, "2 job(s) of the sweep failed")
     assert first.startswith("  #0 ") and " input_size=32" in first, console
     assert first.endswith(": UncompletedJobError: Job not requeued because: timed-out too many times."), console
-    assert second.startswith("  #1 ") and " input_size=1536" in second, console
+    assert second.startswith("  #1 ") and " input_size=2048" in second, console
     assert second.endswith(f": SLURM job {hog} ended, failed (out of memory); its log: {hog_log.resolve()}"), console
 
     _, [parent], children = runs_of(tmp_path)

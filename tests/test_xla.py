@@ -55,8 +55,12 @@ def test_a_same_size_view_is_the_padded_pictures_view_with_its_gradient_at_less_
             of_picture = view(pictures, seeds, tf.constant(step))
             before, now = tf.reduce_sum(of_padded * weights), tf.reduce_sum(of_picture * weights)
         np.testing.assert_allclose(of_picture.numpy(), of_padded.numpy(), atol=1e-5)
-        np.testing.assert_allclose(tape.gradient(now, pictures).numpy(), tape.gradient(before, pictures).numpy(),
-                                   atol=1e-4)
+        gradient = tape.gradient(now, pictures).numpy()
+        np.testing.assert_allclose(gradient, tape.gradient(before, pictures).numpy(), atol=1e-4)
+    pixels = tf.Variable(pictures)  # param=pixel: the parameters are the picture
+    with tf.GradientTape() as tape:
+        total = tf.reduce_sum(view(pixels, seeds, tf.constant(step)) * weights)
+    np.testing.assert_array_equal(tape.gradient(total, pixels).numpy(), gradient)
 
 
 def test_same_size_views_are_the_pictures_size_and_padded_ones_are_not():

@@ -25,6 +25,18 @@ from filterviz.errors import ConfigError, first_line
 
 log = logging.getLogger(__name__)
 
+
+class _JobsTraceTheirOwn(logging.Filter):
+    """Each job traces its own step and fused functions once, for its shapes. TensorFlow counts
+    traces by source line across jobs, and after a few jobs in one process it warns of
+    "retracing", asking the user to change code they did not write."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "triggered tf.function retracing" not in record.getMessage()
+
+
+logging.getLogger("tensorflow").addFilter(_JobsTraceTheirOwn())
+
 # Called after every step with (chunk's filters, step, per-image objective, per-image activation
 # of the filter, both tensors); the step counts the iterations spent on those images, a retry's continuing after the first attempt's.
 StepCallback = Callable[[Sequence[int], int, tf.Tensor, tf.Tensor], None]
