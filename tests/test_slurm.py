@@ -104,9 +104,10 @@ def start(module: str, args: list, cwd: Path) -> subprocess.Popen:
                             env={**os.environ, "HYDRA_FULL_ERROR": "0", "MLFLOW_TRACKING_URI": ""})
 
 
-# 32 px block1_conv1 iterations take ~2.3 ms here (2-CPU Xeon), so a signal sent a tenth of the way
-# in lands seconds before the ascent's end (150 iterations left 0.3 s: a cancel came after the job finished)
-ITERS = 1200
+# 32 px block1_conv1 iterations take ~2.3 ms here (2-CPU Xeon), so a signal sent a fifth of the way in
+# lands seconds before the ascent's end. 150 iterations left 0.3 s: a cancel came after the job
+# finished. 1200 left 2 s, too few for the second job while the test signalled the first.
+ITERS = 4000
 
 
 def sweep(args: list, cwd: Path, layer: str = "block1_conv1") -> subprocess.Popen:
