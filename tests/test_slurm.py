@@ -273,6 +273,15 @@ def test_a_sweep_on_slurm_fails_a_job_past_its_requeues_and_one_killed_for_memor
     assert [(c.info.status, c.data.tags.get("filterviz.partial")) for c in timed_runs] == [("KILLED", "true")] * 2
 
 
+def stored_runs(uri: str, experiment: str) -> str:
+    """One line per run of the experiment: name, status, whether partial, its filters and parent."""
+    client = MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    return "\n".join(f"{r.info.run_name}: {r.info.status} partial={r.data.tags.get('filterviz.partial')} "
+                     f"filters={r.data.tags.get('filterviz.filters')} parent={r.data.tags.get('mlflow.parentRunId')}"
+                     for r in runs)
+
+
 @needs_slurm
 @pytest.mark.skipif(not POSTGRES, reason="no PostgreSQL: FILTERVIZ_TEST_POSTGRES_URI is unset (.ci/run starts one)")
 def test_an_atlas_on_slurm_into_the_team_store_with_a_job_requeued_and_one_cancelled_resumes_to_the_in_process_atlas_images(
@@ -303,6 +312,8 @@ def test_an_atlas_on_slurm_into_the_team_store_with_a_job_requeued_and_one_cance
     assert "atlas: conv_c f0-3 failed" in console, console
     [said] = report(console, "1 job(s) of the atlas failed (run the same command again to redo them)")
     assert said == f"  conv_c f0-3: SLURM job {cancelled} ended, failed (cancelled); its log: {log}", console
+    # what a rerun plans from; said if it plans otherwise (a rerun once redid conv_a, requeued, too)
+    before = f"the first command:\n{console}\n\nthe store's runs after it:\n{stored_runs(server, experiment)}"
 
     # the same command again redoes only the cancelled job, in the same parent run
     again = start("filterviz.atlas", args, tmp_path)
@@ -313,7 +324,7 @@ def test_an_atlas_on_slurm_into_the_team_store_with_a_job_requeued_and_one_cance
         again.kill()
         cancel_all(tmp_path)
     assert again.returncode == 0, rerun
-    assert "1 job(s) left (4 filters; the others are done)" in rerun, rerun
+    assert "1 job(s) left (4 filters; the others are done)" in rerun, f"{rerun}\n\n{before}"
     assert "slurm: job #0 finished" in rerun and "slurm: job #1" not in rerun, rerun
     assert "atlas: conv_c f0-3 done · 18/18 filters" in rerun, rerun
 
