@@ -189,7 +189,7 @@ class _Compiled:
                 return value, objectives.activation(context)
             return step
 
-        self._plain = tf.function(step_of(recipe.param.to_image, recipe.preprocess), autograph=False)
+        self._plain = self.step = tf.function(step_of(recipe.param.to_image, recipe.preprocess), autograph=False)
         self._uncompiled_image = self.to_image = recipe.param.to_image
         self._whole = xla
         if xla:  # the whole step
@@ -202,15 +202,17 @@ class _Compiled:
             # parameters 6.9 -> 1.9 ms, VGG16's preprocessing (its channel reversal's gradient is slow
             # op by op) 3.2 -> 0.24 ms. Pixels are no work to fuse (and the seeds' step keeps its bits).
             fused = lambda fn: tf.function(fn, jit_compile=True, autograph=False)  # noqa: E731
-            if not isinstance(recipe.param, Pixel):
-                self.to_image = fused(recipe.param.to_image)
+            picture = not isinstance(recipe.param, Pixel)
             preprocess = fused(recipe.preprocess) if recipe.preprocess else None
-            self.step = (tf.function(step_of(self.to_image, preprocess), autograph=False)
-                         if preprocess or self.to_image is not self._uncompiled_image else self._plain)
-            try:  # compiled now, so a failure is known before a snapshot asks for the picture
-                self.to_image(self.params)
-            except Exception as error:
-                self._uncompiled(error)
+            if picture:
+                self.to_image = fused(recipe.param.to_image)
+            if picture or preprocess:
+                self.step = tf.function(step_of(self.to_image, preprocess), autograph=False)
+            if picture:
+                try:  # compiled now, so a failure is known before a snapshot asks for the picture
+                    self.to_image(self.params)
+                except Exception as error:
+                    self._uncompiled(error)
         self._untried = self.step is not self._plain
 
     def _uncompiled(self, error: Exception) -> None:
