@@ -20,6 +20,7 @@ import numpy as np
 import tensorflow as tf
 from omegaconf import DictConfig, OmegaConf
 
+from filterviz import stops
 from filterviz.console import Progress
 from filterviz.core import hardware, models, quality
 from filterviz.core.ascent import Ascent, AscentResult, ImageId, Recipe, StepCallback, retry_dead
@@ -29,6 +30,7 @@ from filterviz.errors import ConfigError, Stopped, first_line
 from filterviz.groups import GROUPS, build
 from filterviz.recording import files, folders, images, provenance, settings, tracking
 from filterviz.recording.live import LiveRun
+
 
 @dataclass
 class JobResult:
@@ -172,7 +174,7 @@ def revive_dead(plan: Plan, result: AscentResult, on_step: StepCallback) -> Asce
     print(f"filter(s) {', '.join(map(str, dead))} found nothing to climb: retrying from new random starts "
           f"(retry_dead={plan.cfg.retry_dead})")
     return retry_dead(plan.cut.extractor, result, plan.cfg.retry_dead, recipe=plan.recipe, on_step=on_step,
-                      **plan.schedule())
+                      guard=stops.deferred, **plan.schedule())
 
 
 def judge(plan: Plan, result: AscentResult) -> quality.Quality:
@@ -192,7 +194,7 @@ def execute(plan: Plan, results_dir: Path, live: Optional[LiveRun] = None) -> Ou
     progress = Progress(len(plan.filters), cfg.iters, lines=not cfg.get("atlas"))  # an atlas prints per job
     on_step = progress if live is None else _both(progress, live)
     gif_filter = (plan.filters[0] if cfg.gif_filter is None else cfg.gif_filter) if cfg.save_gif else None
-    ascent = Ascent(plan.cut.extractor, plan.recipe, on_step=on_step, gif_filter=gif_filter,
+    ascent = Ascent(plan.cut.extractor, plan.recipe, on_step=on_step, guard=stops.deferred, gif_filter=gif_filter,
                     on_snapshot=None if live is None or not live.charted else live.snapshot, **plan.schedule())
     start, result = time.perf_counter(), None
     try:

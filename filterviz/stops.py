@@ -4,6 +4,8 @@ its run KILLED with what it computed, and the process can exit with 128 + the si
 
 The first signal stops cleanly; the same signal again within a few seconds is taken as the
 same stop (a terminal and a parent process may both send it), and later as "stop at once".
+Inside `deferred()` the first signal waits for the block's end, so bookkeeping that must happen
+whole (a step's point in the file and in the stream) is never cut in half.
 """
 
 import os
@@ -17,14 +19,19 @@ from filterviz.errors import Stopped
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 SAME_STOP_SECONDS = 3.0
 _stopping_since: Optional[float] = None
+_deferring = 0  # depth of deferred() blocks
+_deferred: Optional[int] = None  # the first signal, arrived inside one, raised at its end
 
 
 def _on_signal(signum: int, frame) -> None:
-    global _stopping_since
+    global _stopping_since, _deferred
     now = time.monotonic()
     if _stopping_since is None:
         _stopping_since = now
         _forward(signum)
+        if _deferring:
+            _deferred = signum
+            return
         raise Stopped(signum)
     if now - _stopping_since < SAME_STOP_SECONDS:
         return  # the same stop, sent twice (by the terminal and by a parent process, say)
@@ -48,10 +55,25 @@ def _forward(signum: int) -> None:
 
 
 @contextmanager
+def deferred() -> Iterator[None]:
+    """A block the first stop signal does not cut: it is raised as `Stopped` when the block ends.
+    (A second signal still stops at once, as everywhere.)"""
+    global _deferring, _deferred
+    _deferring += 1
+    try:
+        yield
+    finally:
+        _deferring -= 1
+        if not _deferring and _deferred is not None:
+            signum, _deferred = _deferred, None
+            raise Stopped(signum)
+
+
+@contextmanager
 def stop_on_signals(extra: Tuple[int, ...] = ()) -> Iterator[None]:
     """`extra`: more signals that stop (a cluster's time-limit warning, cluster.py)."""
-    global _stopping_since
-    _stopping_since = None
+    global _stopping_since, _deferred
+    _stopping_since, _deferred = None, None
     previous = {s: signal.signal(s, _on_signal) for s in (*SIGNALS, *extra)}
     try:
         yield

@@ -1,8 +1,13 @@
+import os
+import signal
+
 import numpy as np
 import pytest
 
 from conftest import WEIGHTS, needs_weights
-from filterviz.core.ascent import chunks, visualize_filters
+from filterviz import stops
+from filterviz.core.ascent import Ascent, chunks, visualize_filters
+from filterviz.errors import Stopped
 from filterviz.core.models import cut_at, load_model
 from filterviz.core.notebook import notebook_visualize_filter
 
@@ -59,3 +64,19 @@ def test_bfloat16_precision_still_climbs_and_keeps_float32_images():
     result = visualize_filters(extractor, [1, 2], iters=15, step_size=10.0, input_size=48)
     assert result.images.dtype == np.float32 and np.isfinite(result.images).all()
     assert (result.losses[:, -1] > 2 * result.losses[:, 0]).all()
+
+
+def test_a_stop_signal_arriving_while_a_step_is_kept_waits_until_the_step_is_kept_whole(block3):
+    """A stopped run's file and its streamed points must hold the same steps (test_live_runs)."""
+    streamed = []
+
+    def on_step(chunk, step, objective, activation):
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)  # lands between the ascent keeping the step and the stream
+        streamed.append(step)
+
+    ascent = Ascent(block3, iters=10, step_size=10.0, input_size=32, on_step=on_step, guard=stops.deferred)
+    with stops.stop_on_signals(), pytest.raises(Stopped, match="SIGTERM"):
+        ascent.run([0])
+    assert streamed == [0, 1, 2]
+    assert np.isfinite(ascent.partial().activations[0]).sum() == 3

@@ -9,6 +9,7 @@ bit for bit. Plain TensorFlow and NumPy; no Hydra, no MLflow.
 """
 
 import logging
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, replace
 from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
@@ -263,11 +264,15 @@ class Ascent:
                  input_size: int, batch_size: int = 16, seed: int = 0, layer: str = "", stream: str = "",
                  xla: bool = False,
                  on_step: Optional[StepCallback] = None, first_step: int = 0,
+                 guard: Callable[[], AbstractContextManager] = nullcontext,
                  on_snapshot: Optional[SnapshotCallback] = None, gif_filter: Optional[int] = None,
                  gif_frames: int = 40):
         self.extractor, self.recipe = xla_model.for_xla(extractor) if xla else extractor, recipe or Recipe()
         self.iters, self.step_size, self.input_size, self.batch_size = iters, step_size, input_size, batch_size
         self.seed, self.layer, self.stream, self.on_step, self.first_step = seed, layer, stream, on_step, first_step
+        # each step is kept (here and by on_step) inside guard(): the app defers stop signals there,
+        # so a stopped run's file and streamed points hold the same steps
+        self.guard = guard
         self.xla = xla  # compile the step with XLA: whole-step fusion, ~1.3x on a CPU (docs/speed.md)
         self.gif_filter, self.gif_every = gif_filter, max(1, iters // gif_frames)
         self.on_snapshot, self.snapshot_every = on_snapshot, max(1, iters // 10)
@@ -315,10 +320,11 @@ class Ascent:
             if self.on_snapshot is not None and i % self.snapshot_every == 0:
                 self.on_snapshot(ids, self.first_step + i, compiled.image().numpy(), False)
             value, activation = compiled(indices, seeds_t, tf.constant(i, tf.int32))
-            losses.append(value)  # stays a tensor: no device sync per step
-            activations.append(activation)
-            if self.on_step is not None:
-                self.on_step(chunk, self.first_step + i, value, activation)
+            with self.guard():
+                losses.append(value)  # stays a tensor: no device sync per step
+                activations.append(activation)
+                if self.on_step is not None:
+                    self.on_step(chunk, self.first_step + i, value, activation)
         final = compiled.image().numpy()
         if traced is not None:
             frames.append(final[traced])

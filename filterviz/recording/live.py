@@ -17,6 +17,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 from mlflow.entities import Metric
 
+from filterviz import stops
 from filterviz.core.ascent import ImageId
 from filterviz.recording.images import to_display
 from filterviz.recording.owners import HEARTBEAT_SECONDS, HEARTBEAT_TAG
@@ -63,13 +64,14 @@ class LiveRun:
                     key=self.charted[image_id], step=step, synchronous=False))
 
     def send(self) -> None:
-        metrics = [Metric(f"activation/{name}", float(value), ms, step)
-                   for names, step, values, ms in self.pending
-                   for name, value in zip(names, np.asarray(values)) if name]
-        self.pending, self.last_send = [], time.monotonic()
-        for i in range(0, len(metrics), MAX_BATCH):
-            self._keep(self.tracker.client.log_batch(self.run_id, metrics=metrics[i : i + MAX_BATCH],
-                                                     synchronous=False))
+        with stops.deferred():  # a stop between taking the points and queueing them would lose them
+            metrics = [Metric(f"activation/{name}", float(value), ms, step)
+                       for names, step, values, ms in self.pending
+                       for name, value in zip(names, np.asarray(values)) if name]
+            self.pending, self.last_send = [], time.monotonic()
+            for i in range(0, len(metrics), MAX_BATCH):
+                self._keep(self.tracker.client.log_batch(self.run_id, metrics=metrics[i : i + MAX_BATCH],
+                                                         synchronous=False))
 
     def _keep(self, operation) -> None:
         if operation is not None:  # None: the store did it at once
