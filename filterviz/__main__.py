@@ -29,7 +29,7 @@ from filterviz.config import check_ranges, register_configs  # noqa: E402
 from filterviz.core.hardware import import_tensorflow_quietly  # noqa: E402
 from filterviz.core import hardware  # noqa: E402
 from filterviz.errors import ConfigError, Stopped, first_line  # noqa: E402
-from filterviz.stops import stop_on_signals  # noqa: E402
+from filterviz.stops import in_worker, stop_on_signals  # noqa: E402
 
 register_configs()
 
@@ -136,7 +136,8 @@ def task(cfg: DictConfig) -> float:
     command = shlex.join(["python", "-m", "filterviz", *overrides]) if record else \
         shlex.join(["python", "-m", "filterviz", *sys.argv[1:]])
     try:
-        with requeue_when_stopped():  # a SLURM job: a time limit or a preemption requeues it
+        # a parallel sweep's worker stops as main() does; a SLURM job requeues on a time limit or a preemption
+        with in_worker(), requeue_when_stopped():
             result = job.run(cfg, output_dir, overrides, command, record and record.parent_run_id,
                              record and record.child_name(overrides))
     except Exception as e:

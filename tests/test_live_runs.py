@@ -12,6 +12,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import WEIGHTS, needs_weights, run_cli
+from filterviz import stops
+from filterviz.errors import Stopped
 from filterviz.recording import tracking
 
 pytestmark = needs_weights
@@ -87,6 +89,75 @@ def test_a_sweep_stopped_ends_the_running_job_and_its_parent_killed(tmp_path):
     children = [r for r in every if r.data.tags.get("filterviz.sweep") != "parent"]
     assert [p.info.status for p in parents] == ["KILLED"]
     assert [c.info.status for c in children] == ["KILLED"], "the second job never started"
+
+
+def test_a_joblib_sweep_stopped_ends_its_running_job_killed_with_its_images_and_keeps_the_finished_one(tmp_path):
+    """The workers run jobs outside main(): the stop must still reach the running job, which keeps
+    its partial images, and a worker that has finished its job must not take the others down
+    (joblib kills every worker when one exits)."""
+    proc = start("-m", "layer=block1_conv1", "filters=0", "iters=20,100000", "input_size=32",
+                 f"model.weights={WEIGHTS}", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", cwd=tmp_path)
+    client = store(tmp_path)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:  # the short job finished, the long one streaming
+        assert proc.poll() is None, proc.communicate()
+        status = {r.info.run_name: r for r in runs(client)} if (tmp_path / "mlruns" / "mlflow.db").exists() else {}
+        if status.get("iters=20") and status["iters=20"].info.status == "FINISHED" and status.get("iters=100000") \
+                and len(client.get_metric_history(status["iters=100000"].info.run_id,
+                                                  "activation/block1_conv1/f0000")) >= 5:
+            break
+        time.sleep(0.5)
+    workers = [p for p in Path("/proc").iterdir() if p.name.isdigit() and _parent(p) == proc.pid
+               and b"loky.backend.popen_loky_posix" in _read(p / "cmdline")]
+    assert len(workers) == 2
+
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=150)
+    assert proc.returncode == 143 and "Traceback" not in err, err
+    every = {r.info.run_name: r for r in runs(client)}
+    assert every["iters=20"].info.status == "FINISHED"
+    long = every["iters=100000"]
+    assert long.info.status == "KILLED" and long.data.tags["filterviz.partial"] == "true", err
+    assert np.isfinite(np.load(tmp_path / "multirun" / _only(tmp_path) / "1" / "results" / "activations.npy")).any()
+    [parent] = [r for name, r in every.items() if r.data.tags.get("filterviz.sweep") == "parent"]
+    assert parent.info.status == "KILLED"
+    time.sleep(2)
+    assert not [w for w in workers if _read(w / "stat").rsplit(b")", 1)[-1].split()[:1] not in ([], [b"Z"])], \
+        "no worker left behind"
+
+
+def test_a_stop_leaves_alone_the_children_that_are_not_its_job_workers():
+    """Ctrl-C on a run in a notebook must not stop what else the kernel started (a server, a browser)."""
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        with stops.stop_on_signals(), pytest.raises(Stopped):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)  # the stop is raised here
+        with pytest.raises(subprocess.TimeoutExpired):
+            bystander.wait(timeout=1)
+    finally:
+        bystander.kill()
+        bystander.wait()
+
+
+def _parent(proc_dir: Path) -> int:
+    try:
+        return int(_read(proc_dir / "stat").rsplit(b")", 1)[1].split()[1])
+    except (IndexError, ValueError):
+        return -1
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return b""
+
+
+def _only(tmp_path: Path) -> str:
+    [day] = (tmp_path / "multirun").iterdir()
+    [time_] = day.iterdir()
+    return f"{day.name}/{time_.name}"
 
 
 def test_a_run_killed_outright_is_ended_failed_by_the_next_command(tmp_path):

@@ -20,6 +20,7 @@ from omegaconf import DictConfig  # noqa: E402
 from filterviz.__main__ import end_at_once, main  # noqa: E402
 from filterviz.core.hardware import import_tensorflow_quietly  # noqa: E402
 from filterviz.errors import ConfigError, Stopped, first_line  # noqa: E402
+from filterviz.stops import in_worker  # noqa: E402
 
 
 def task(cfg: DictConfig) -> None:
@@ -38,21 +39,22 @@ def task(cfg: DictConfig) -> None:
     command = shlex.join(["python", "-m", "filterviz.exemplars", *(overrides if multirun else sys.argv[1:])])
     output_dir = Path(hydra_cfg.runtime.output_dir)
     say_device()
-    try:
-        outcome = job.run(cfg, output_dir, command, record and record.parent_run_id)
-    except Stopped as stop:
-        print(f"{stop}: the images read so far are checkpointed; the same command resumes the pass", file=sys.stderr)
-        raise
-    except Exception as e:
-        error = str(e) if isinstance(e, ConfigError) else f"{type(e).__name__}: {first_line(e)}"
-        if not multirun:
-            if isinstance(e, ConfigError):
-                print(f"error: {e}", file=sys.stderr)
-                sys.exit(1)
+    with in_worker():  # a joblib shard: a stop ends it as main() does
+        try:
+            outcome = job.run(cfg, output_dir, command, record and record.parent_run_id)
+        except Stopped as stop:
+            print(f"{stop}: the images read so far are checkpointed; the same command resumes the pass", file=sys.stderr)
             raise
-        print(f"error: shard {cfg.shard}: {error}", file=sys.stderr)
-        sweep.record_failure(output_dir, overrides, error)
-        return
+        except Exception as e:
+            error = str(e) if isinstance(e, ConfigError) else f"{type(e).__name__}: {first_line(e)}"
+            if not multirun:
+                if isinstance(e, ConfigError):
+                    print(f"error: {e}", file=sys.stderr)
+                    sys.exit(1)
+                raise
+            print(f"error: shard {cfg.shard}: {error}", file=sys.stderr)
+            sweep.record_failure(output_dir, overrides, error)
+            return
     if not multirun and outcome.run_id:
         print(f"MLflow run: {outcome.run_id}")
         print(f"see it:     {outcome.ui_command}")
