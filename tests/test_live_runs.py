@@ -107,6 +107,8 @@ def test_a_joblib_sweep_stopped_ends_its_running_job_killed_with_its_images_and_
                                                   "activation/block1_conv1/f0000")) >= 5:
             break
         time.sleep(0.5)
+    else:
+        pytest.fail("the short job did not finish, or the long one stream, within 240 s")
     workers = [p for p in Path("/proc").iterdir() if p.name.isdigit() and _parent(p) == proc.pid
                and b"loky.backend.popen_loky_posix" in _read(p / "cmdline")]
     assert len(workers) == 2
