@@ -62,13 +62,13 @@ def requeue_when_stopped() -> Iterator[None]:
         try:
             yield
         except Stopped as stop:
-            job = os.environ.get("SLURM_JOB_ID", "?")
+            job = f"SLURM job {os.environ['SLURM_JOB_ID']}" if "SLURM_JOB_ID" in os.environ else "submitit's local job"
             if stop.signum in (usr, signal.SIGTERM) and callable(requeue) and (
                     stop.signum == usr or slurm_state() == "RUNNING"):
-                print(f"{stop}: requeueing this job (SLURM job {job})", flush=True)
+                print(f"{stop}: requeueing this job ({job})", flush=True)
                 requeue(usr, None)  # requeues and exits; raises if it will not (too many time limits)
             # cancelled, or SLURM requeues the job itself: end here, without a result for submitit
-            print(f"{stop}: SLURM job {job} ends here", flush=True)
+            print(f"{stop}: {job} ends here", flush=True)
             sys.exit(stop.exit_code)
 
 

@@ -53,9 +53,10 @@ def _on_signal(signum: int, frame) -> None:
     os.kill(os.getpid(), signum)
 
 
-# The command lines of the workers Hydra's launchers start for our jobs: joblib's (loky) and
-# submitit's local ones. Other children (a notebook's, a test runner's browser) are not ours to stop.
-JOB_WORKERS = ("joblib.externals.loky.backend.popen_loky_posix", "submitit.core._submit")
+# The command lines of the workers Hydra's launchers start for our jobs: joblib's (loky), and the
+# controller of submitit's local jobs (it passes the signal on to its job). Other children (a
+# notebook's, a test runner's browser) are not ours to stop.
+JOB_WORKERS = ("joblib.externals.loky.backend.popen_loky_posix", "submitit.local._local")
 
 
 def _forward(signum: int) -> List[int]:

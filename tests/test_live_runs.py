@@ -91,12 +91,15 @@ def test_a_sweep_stopped_ends_the_running_job_and_its_parent_killed(tmp_path):
     assert [c.info.status for c in children] == ["KILLED"], "the second job never started"
 
 
-def test_a_joblib_sweep_stopped_ends_its_running_job_killed_with_its_images_and_keeps_the_finished_one(tmp_path):
+@pytest.mark.parametrize("launcher", [["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
+                                      ["hydra/launcher=submitit_local"]], ids=["joblib", "submitit_local"])
+def test_a_parallel_sweep_stopped_ends_its_running_job_killed_with_its_images_and_keeps_the_finished_one(
+        tmp_path, launcher):
     """The workers run jobs outside main(): the stop must still reach the running job, which keeps
     its partial images, and a worker that has finished its job must not take the others down
     (joblib kills every worker when one exits)."""
     proc = start("-m", "layer=block1_conv1", "filters=0", "iters=20,100000", "input_size=32",
-                 f"model.weights={WEIGHTS}", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", cwd=tmp_path)
+                 f"model.weights={WEIGHTS}", *launcher, cwd=tmp_path)
     client = store(tmp_path)
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:  # the short job finished, the long one streaming
@@ -109,9 +112,9 @@ def test_a_joblib_sweep_stopped_ends_its_running_job_killed_with_its_images_and_
         time.sleep(0.5)
     else:
         pytest.fail("the short job did not finish, or the long one stream, within 240 s")
-    workers = [p for p in Path("/proc").iterdir() if p.name.isdigit() and _parent(p) == proc.pid
-               and b"loky.backend.popen_loky_posix" in _read(p / "cmdline")]
-    assert len(workers) == 2
+    workers = [p for p in _descendants(proc.pid)
+               if b"loky.backend.popen_loky_posix" in _read(p / "cmdline") or b"submitit" in _read(p / "cmdline")]
+    assert workers
 
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=150)
@@ -140,6 +143,20 @@ def test_a_stop_leaves_alone_the_children_that_are_not_its_job_workers():
     finally:
         bystander.kill()
         bystander.wait()
+
+
+def _descendants(pid: int) -> list:
+    """The /proc folders of a process's descendants (a submitit-local job is the child of its controller)."""
+    children = {}
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            children.setdefault(_parent(p), []).append(p)
+    found, todo = [], [pid]
+    while todo:
+        for p in children.get(todo.pop(), []):
+            found.append(p)
+            todo.append(int(p.name))
+    return found
 
 
 def _parent(proc_dir: Path) -> int:
