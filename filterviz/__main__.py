@@ -113,6 +113,11 @@ def spread_over_gpus(job_number: int, launcher: str) -> None:
 
 def task(cfg: DictConfig) -> float:
     """One job; returns its figure named by `optimized_metric`, which an Optuna sweeper maximises."""
+    with in_worker():  # in a joblib worker a stop ends the job as main() does, from the job's first line
+        return _task(cfg)
+
+
+def _task(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
     if hydra_cfg.mode == RunMode.MULTIRUN:  # first: nothing may have asked TensorFlow for a GPU yet
         spread_over_gpus(hydra_cfg.job.num, hydra_cfg.launcher._target_)
@@ -136,8 +141,7 @@ def task(cfg: DictConfig) -> float:
     command = shlex.join(["python", "-m", "filterviz", *overrides]) if record else \
         shlex.join(["python", "-m", "filterviz", *sys.argv[1:]])
     try:
-        # a parallel sweep's worker stops as main() does; a SLURM job requeues on a time limit or a preemption
-        with in_worker(), requeue_when_stopped():
+        with requeue_when_stopped():  # a SLURM job: a time limit or a preemption requeues it
             result = job.run(cfg, output_dir, overrides, command, record and record.parent_run_id,
                              record and record.child_name(overrides))
     except Exception as e:

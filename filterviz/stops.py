@@ -7,11 +7,13 @@ same stop (a terminal and a parent process may both send it), and later as "stop
 Inside `deferred()` the first signal waits for the block's end, so bookkeeping that must happen
 whole (a step's point in the file and in the stream) is never cut in half.
 
-A parallel sweep's workers (joblib's, submitit-local's) run jobs without `main()`: `in_worker()`
-gives each job the same stop, and the launching process, passing a signal on to its workers,
-waits until each says (by its process name) that its run has ended: once the launcher sees the
-stop it kills its workers outright, as joblib's also does when one of them exits. So a stopped
-worker stays alive, idle, until then.
+A parallel sweep's launching process passes the signal on to its workers that run a job
+(joblib's, and the controllers of submitit's local jobs) and waits until each has ended its run:
+once the launcher sees the stop it kills its workers outright. joblib's workers run jobs without
+`main()`: `in_worker()` gives each job the same stop, and names the process after where it is
+(in a job, ended). An ended worker stays alive, idle, since joblib kills every worker as soon as
+one exits; a worker not in a job is not signalled, since with no handler yet the signal would
+kill it. A submitit job stops through cluster.requeue_when_stopped, and exits.
 """
 
 import os
@@ -27,7 +29,8 @@ from filterviz.errors import Stopped
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 SAME_STOP_SECONDS = 3.0
 WORKERS_END_SECONDS = 120.0  # a worker's run ending KILLED writes its partial results and waits on the store
-ENDED = "filterviz-ended"  # a stopped worker's process name once its run has ended (15 characters at most)
+# a joblib worker's process name (15 characters at most): in a job, between jobs, stopped with its run ended
+IN_JOB, BETWEEN_JOBS, ENDED = "filterviz-job", "filterviz-idle", "filterviz-ended"
 _stopping_since: Optional[float] = None
 _deferring = 0  # depth of deferred() blocks
 _deferred: Optional[int] = None  # the first signal, arrived inside one, raised at its end
@@ -53,31 +56,35 @@ def _on_signal(signum: int, frame) -> None:
     os.kill(os.getpid(), signum)
 
 
-# The command lines of the workers Hydra's launchers start for our jobs: joblib's (loky), and the
-# controller of submitit's local jobs (it passes the signal on to its job). Other children (a
-# notebook's, a test runner's browser) are not ours to stop.
-JOB_WORKERS = ("joblib.externals.loky.backend.popen_loky_posix", "submitit.local._local")
+# The command line of the process that runs one of submitit's local jobs and passes signals on to it.
+SUBMITIT_LOCAL = "submitit.local._local"
 
 
 def _forward(signum: int) -> List[int]:
-    """Pass the signal on to our job workers (a joblib sweep's), so their runs end too; their pids."""
+    """Pass the signal on to our workers in a job, so their runs end too; their pids. Other
+    children (a notebook kernel's, a test runner's browser) are not ours to stop."""
     me, told = str(os.getpid()), []
     for entry in os.scandir("/proc") if os.path.isdir("/proc") else ():
         if not entry.name.isdigit():
             continue
         try:
-            with open(f"/proc/{entry.name}/stat") as f:
-                ppid = f.read().rsplit(")", 1)[1].split()[1]
+            name, ppid = _name_and_parent(entry.name)
             if ppid != me:
                 continue
             with open(f"/proc/{entry.name}/cmdline", "rb") as f:
                 command = f.read().decode(errors="replace")
-            if any(worker in command for worker in JOB_WORKERS):
+            if name == IN_JOB or SUBMITIT_LOCAL in command:
                 os.kill(int(entry.name), signum)
                 told.append(int(entry.name))
         except (OSError, IndexError, ValueError):
             continue
     return told
+
+
+def _name_and_parent(pid: str) -> Tuple[str, str]:
+    with open(f"/proc/{pid}/stat") as f:
+        head, tail = f.read().rsplit(")", 1)
+    return head.split("(", 1)[1], tail.split()[1]
 
 
 def _wait_for_workers(pids: List[int], signum: int) -> None:
@@ -92,8 +99,7 @@ def _wait_for_workers(pids: List[int], signum: int) -> None:
 
 
 def _ending(pid: int) -> bool:
-    """Still ending its run: alive (not a zombie, which its launcher reaps) and not yet named ENDED.
-    A worker between jobs, or one whose job had already finished, ends at once."""
+    """Still ending its run: alive (not a zombie, which its launcher reaps) and not yet named ENDED."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             name, state = f.read().rsplit(")", 1)
@@ -146,6 +152,7 @@ def in_worker() -> Iterator[None]:
         for s in SIGNALS:
             signal.signal(s, _on_signal)
     _stopping_since, _in_job = None, True
+    _name(IN_JOB)
     try:
         yield
     except Stopped as stop:
@@ -154,18 +161,24 @@ def in_worker() -> Iterator[None]:
         _idle_until_killed(stop.exit_code)
     finally:
         _in_job = False
+        _name(BETWEEN_JOBS)
 
 
 def _idle_until_killed(exit_code: int) -> None:
     """A stopped worker whose run has ended: it says so, then neither exits (joblib would kill the
     workers still ending theirs) nor takes another job. Its launcher kills it; if the launcher
     died first, or never does, it exits."""
-    try:
-        with open("/proc/self/comm", "w") as f:
-            f.write(ENDED)
-    except OSError:
-        pass  # no /proc: nothing waits on this worker either (_forward found none)
+    _name(ENDED)
     parent, deadline = os.getppid(), time.monotonic() + 2 * WORKERS_END_SECONDS
     while os.getppid() == parent and time.monotonic() < deadline:
         time.sleep(0.5)
     os._exit(exit_code)
+
+
+def _name(name: str) -> None:
+    """This process's name, as its launching process reads it in /proc (see above)."""
+    try:
+        with open("/proc/self/comm", "w") as f:
+            f.write(name)
+    except OSError:
+        pass  # no /proc: no launching process reads it either

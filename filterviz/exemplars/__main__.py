@@ -24,6 +24,11 @@ from filterviz.stops import in_worker  # noqa: E402
 
 
 def task(cfg: DictConfig) -> None:
+    with in_worker():  # a joblib shard: a stop ends it as main() does, from its first line
+        _task(cfg)
+
+
+def _task(cfg: DictConfig) -> None:
     hydra_cfg = HydraConfig.get()
     import_tensorflow_quietly()
     from filterviz.exemplars import job
@@ -39,22 +44,21 @@ def task(cfg: DictConfig) -> None:
     command = shlex.join(["python", "-m", "filterviz.exemplars", *(overrides if multirun else sys.argv[1:])])
     output_dir = Path(hydra_cfg.runtime.output_dir)
     say_device()
-    with in_worker():  # a joblib shard: a stop ends it as main() does
-        try:
-            outcome = job.run(cfg, output_dir, command, record and record.parent_run_id)
-        except Stopped as stop:
-            print(f"{stop}: the images read so far are checkpointed; the same command resumes the pass", file=sys.stderr)
+    try:
+        outcome = job.run(cfg, output_dir, command, record and record.parent_run_id)
+    except Stopped as stop:
+        print(f"{stop}: the images read so far are checkpointed; the same command resumes the pass", file=sys.stderr)
+        raise
+    except Exception as e:
+        error = str(e) if isinstance(e, ConfigError) else f"{type(e).__name__}: {first_line(e)}"
+        if not multirun:
+            if isinstance(e, ConfigError):
+                print(f"error: {e}", file=sys.stderr)
+                sys.exit(1)
             raise
-        except Exception as e:
-            error = str(e) if isinstance(e, ConfigError) else f"{type(e).__name__}: {first_line(e)}"
-            if not multirun:
-                if isinstance(e, ConfigError):
-                    print(f"error: {e}", file=sys.stderr)
-                    sys.exit(1)
-                raise
-            print(f"error: shard {cfg.shard}: {error}", file=sys.stderr)
-            sweep.record_failure(output_dir, overrides, error)
-            return
+        print(f"error: shard {cfg.shard}: {error}", file=sys.stderr)
+        sweep.record_failure(output_dir, overrides, error)
+        return
     if not multirun and outcome.run_id:
         print(f"MLflow run: {outcome.run_id}")
         print(f"see it:     {outcome.ui_command}")

@@ -13,6 +13,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
+from filterviz import stops
 from filterviz.core import exemplars
 from filterviz.core.exemplars import EMPTY, TopK
 from filterviz.core.receptive import receptive_field
@@ -67,8 +68,10 @@ def write(found: Found, files: Sequence[Path], root: Path, model: keras.Model, i
                                                    "activation", "field", "strip")}
     (out / FOLDER / "arrays").mkdir(parents=True, exist_ok=True)
     for layer in found.top:
-        np.savez(out / FOLDER / "arrays" / f"{layer}.npz", **found.top[layer].arrays(),
-                 **{f"q{q:g}/{name}": a for q, picks in found.quantiles[layer].items() for name, a in picks.arrays().items()})
+        with stops.deferred():  # a stop inside numpy's zip writer would leave it raising its own error
+            np.savez(out / FOLDER / "arrays" / f"{layer}.npz", **found.top[layer].arrays(),
+                     **{f"q{q:g}/{name}": a for q, picks in found.quantiles[layer].items()
+                        for name, a in picks.arrays().items()})
     group, size = [], 0
     for layer in found.top:
         count = found.top[layer].values.shape[0]

@@ -22,6 +22,7 @@ import keras
 import numpy as np
 from tqdm import tqdm
 
+from filterviz import stops
 from filterviz.core import exemplars
 from filterviz.core.exemplars import Maxima, TopK
 from filterviz.errors import Stopped
@@ -152,10 +153,11 @@ def run_shard(request: Request, model: keras.Model, shard: int = 0, shards: int 
     reached = (state.found, state.seen, state.next)
 
     def checkpoint(complete: bool = False) -> None:
-        state.found, state.seen, state.next = reached
-        state.seconds = spent + time.perf_counter() - began
-        state.complete = complete
-        state.save(folder)
+        with stops.deferred():  # a stop inside numpy's zip writer would leave it raising its own error
+            state.found, state.seen, state.next = reached
+            state.seconds = spent + time.perf_counter() - began
+            state.complete = complete
+            state.save(folder)
         if on_checkpoint is not None:
             on_checkpoint(state)
 
