@@ -62,9 +62,11 @@ def requeue_when_stopped() -> Iterator[None]:
         try:
             yield
         except Stopped as stop:
-            job = f"SLURM job {os.environ['SLURM_JOB_ID']}" if "SLURM_JOB_ID" in os.environ else "submitit's local job"
+            # a local job inside a SLURM allocation inherits its SLURM_JOB_ID: it is still local
+            local = os.environ.get("SUBMITIT_EXECUTOR") == "local" or "SLURM_JOB_ID" not in os.environ
+            job = "submitit's local job" if local else f"SLURM job {os.environ['SLURM_JOB_ID']}"
             if stop.signum in (usr, signal.SIGTERM) and callable(requeue) and (
-                    stop.signum == usr or slurm_state() == "RUNNING"):
+                    stop.signum == usr or (not local and slurm_state() == "RUNNING")):
                 print(f"{stop}: requeueing this job ({job})", flush=True)
                 requeue(usr, None)  # requeues and exits; raises if it will not (too many time limits)
             # cancelled, or SLURM requeues the job itself: end here, without a result for submitit

@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 from contextlib import contextmanager
-from typing import Iterator, List, Optional, Tuple
+from typing import Iterator, Optional, Set, Tuple
 
 from filterviz.errors import Stopped
 
@@ -60,12 +60,13 @@ def _on_signal(signum: int, frame) -> None:
 SUBMITIT_LOCAL = "submitit.local._local"
 
 
-def _forward(signum: int) -> List[int]:
-    """Pass the signal on to our workers in a job, so their runs end too; their pids. Other
-    children (a notebook kernel's, a test runner's browser) are not ours to stop."""
-    me, told = str(os.getpid()), []
+def _forward(signum: int, told: Set[int] = frozenset()) -> Set[int]:
+    """Pass the signal on to our workers in a job (other than those `told`), so their runs end
+    too; their pids. Other children (a notebook kernel's, a test runner's browser) are not ours
+    to stop. submitit's controller passes on SIGTERM only: it is sent that."""
+    me, now = str(os.getpid()), set()
     for entry in os.scandir("/proc") if os.path.isdir("/proc") else ():
-        if not entry.name.isdigit():
+        if not entry.name.isdigit() or int(entry.name) in told:
             continue
         try:
             name, ppid = _name_and_parent(entry.name)
@@ -73,12 +74,15 @@ def _forward(signum: int) -> List[int]:
                 continue
             with open(f"/proc/{entry.name}/cmdline", "rb") as f:
                 command = f.read().decode(errors="replace")
-            if name == IN_JOB or SUBMITIT_LOCAL in command:
+            if name == IN_JOB:
                 os.kill(int(entry.name), signum)
-                told.append(int(entry.name))
+                now.add(int(entry.name))
+            elif SUBMITIT_LOCAL in command:
+                os.kill(int(entry.name), signal.SIGTERM)
+                now.add(int(entry.name))
         except (OSError, IndexError, ValueError):
             continue
-    return told
+    return now
 
 
 def _name_and_parent(pid: str) -> Tuple[str, str]:
@@ -87,15 +91,25 @@ def _name_and_parent(pid: str) -> Tuple[str, str]:
     return head.split("(", 1)[1], tail.split()[1]
 
 
-def _wait_for_workers(pids: List[int], signum: int) -> None:
-    if not pids:
+def _wait_for_workers(told: Set[int], signum: int) -> None:
+    if not told:
         return
-    print(f"stopped by {signal.Signals(signum).name}: waiting for {len(pids)} job worker(s) to end their runs "
-          "(the same signal again stops at once)", file=sys.stderr, flush=True)
-    deadline = time.monotonic() + WORKERS_END_SECONDS
-    while pids and time.monotonic() < deadline:
+    _say(f"stopped by {signal.Signals(signum).name}: waiting for {len(told)} job worker(s) to end their runs "
+         "(the same signal again stops at once)")
+    ending, deadline = set(told), time.monotonic() + WORKERS_END_SECONDS
+    while ending and time.monotonic() < deadline:
         time.sleep(0.1)
-        pids = [pid for pid in pids if _ending(pid)]
+        # joblib may hand a queued job to a worker meanwhile (its threads run on): it is told too
+        new = _forward(signum, told)
+        told |= new
+        ending = {pid for pid in ending | new if _ending(pid)}
+
+
+def _say(line: str) -> None:
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        pass  # a closed terminal (SIGHUP): the stop goes on without its line
 
 
 def _ending(pid: int) -> bool:
@@ -156,8 +170,11 @@ def in_worker() -> Iterator[None]:
     try:
         yield
     except Stopped as stop:
-        sys.stdout.flush()
-        sys.stderr.flush()
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass  # a closed terminal
         _idle_until_killed(stop.exit_code)
     finally:
         _in_job = False

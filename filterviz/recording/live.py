@@ -81,10 +81,12 @@ class LiveRun:
         """Stop the heartbeat, send what is buffered and wait until every point is in the store
         (raises what the store said if it is not)."""
         self.stopped.set()
-        self.send()
-        operations, self.operations = self.operations, []
-        for operation in operations:
-            operation.wait()
+        try:
+            self.send()
+        finally:  # a stop during the send still waits for what is queued
+            operations, self.operations = self.operations, []
+            for operation in operations:
+                operation.wait()
 
     def _beat(self) -> None:
         while not self.stopped.wait(HEARTBEAT_SECONDS):
