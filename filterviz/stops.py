@@ -69,26 +69,28 @@ def _forward(signum: int, told: Set[int] = frozenset()) -> Set[int]:
         if not entry.name.isdigit() or int(entry.name) in told:
             continue
         try:
-            name, ppid = _name_and_parent(entry.name)
+            name, _, ppid = _stat(entry.name)
             if ppid != me:
                 continue
-            with open(f"/proc/{entry.name}/cmdline", "rb") as f:
-                command = f.read().decode(errors="replace")
             if name == IN_JOB:
                 os.kill(int(entry.name), signum)
                 now.add(int(entry.name))
-            elif SUBMITIT_LOCAL in command:
-                os.kill(int(entry.name), signal.SIGTERM)
-                now.add(int(entry.name))
+                continue
+            with open(f"/proc/{entry.name}/cmdline", "rb") as f:
+                if SUBMITIT_LOCAL in f.read().decode(errors="replace"):
+                    os.kill(int(entry.name), signal.SIGTERM)
+                    now.add(int(entry.name))
         except (OSError, IndexError, ValueError):
             continue
     return now
 
 
-def _name_and_parent(pid: str) -> Tuple[str, str]:
+def _stat(pid) -> Tuple[str, str, str]:
+    """A process's name, state (R, S, Z ...) and parent's pid, from /proc/<pid>/stat."""
     with open(f"/proc/{pid}/stat") as f:
         head, tail = f.read().rsplit(")", 1)
-    return head.split("(", 1)[1], tail.split()[1]
+    state, ppid = tail.split()[:2]
+    return head.split("(", 1)[1], state, ppid
 
 
 def _wait_for_workers(told: Set[int], signum: int) -> None:
@@ -115,11 +117,10 @@ def _say(line: str) -> None:
 def _ending(pid: int) -> bool:
     """Still ending its run: alive (not a zombie, which its launcher reaps) and not yet named ENDED."""
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            name, state = f.read().rsplit(")", 1)
-        return state.split()[0] not in ("Z", "X") and name.split("(", 1)[1] != ENDED
-    except (OSError, IndexError):
+        name, state, _ = _stat(pid)
+    except (OSError, IndexError, ValueError):
         return False
+    return state not in ("Z", "X") and name != ENDED
 
 
 @contextmanager
