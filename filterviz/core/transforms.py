@@ -156,11 +156,15 @@ def _warp_by_gather(images: tf.Tensor, affine: tf.Tensor, output_size: Sequence[
     flat = tf.reshape(images, [n, height * width, channels])
 
     def at(yi, xi):
+        if fill is None:  # reflected: always inside
+            return _gathered(yi * width + xi)
         inside = (yi >= 0) & (yi < height) & (xi >= 0) & (xi < width)
         index = tf.clip_by_value(yi, 0, height - 1) * width + tf.clip_by_value(xi, 0, width - 1)
-        value = tf.reshape(tf.gather(flat, tf.reshape(index, [n, -1]), batch_dims=1),
-                           [n, output_size[0], output_size[1], channels])
-        return value if fill is None else tf.where(inside[..., None], value, fill)
+        return tf.where(inside[..., None], _gathered(index), fill)
+
+    def _gathered(index):
+        return tf.reshape(tf.gather(flat, tf.reshape(index, [n, -1]), batch_dims=1),
+                          [n, output_size[0], output_size[1], channels])
 
     top = (1.0 - wx) * at(y0, x0) + wx * at(y0, x1)
     bottom = (1.0 - wx) * at(y1, x0) + wx * at(y1, x1)
