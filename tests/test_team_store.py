@@ -10,11 +10,13 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -107,6 +109,23 @@ def test_a_parallel_sweep_against_a_tracking_server_is_readable_through_rest(ser
         assert [m["step"] for m in history["metrics"]] == [0, 1, 2]
         files = api(server, "artifacts/list", run_id=run["info"]["run_id"])["files"]
         assert {"grid.png", "images.npy", ".hydra"} <= {f["path"] for f in files}
+
+
+def test_jobs_that_start_at_once_on_a_new_experiment_all_record_into_it(server):
+    """Runs started together (two terminals, a job array) each find no experiment and create it:
+    every one must end up in the one experiment, none stopped by the other's creation."""
+    from filterviz.recording.tracking import Store, Tracker
+
+    experiment, starting = f"race-{uuid.uuid4().hex[:8]}", threading.Barrier(6)
+    Tracker(Store(server, None), f"{experiment}-first")  # a process's first client imports for long: not in the race
+
+    def tracker_id() -> str:
+        starting.wait()
+        return Tracker(Store(server, None), experiment).experiment_id
+
+    with ThreadPoolExecutor(6) as pool:
+        ids = list(pool.map(lambda _: tracker_id(), range(6)))
+    assert set(ids) == {api(server, "experiments/get-by-name", experiment_name=experiment)["experiment"]["experiment_id"]}
 
 
 LONG = ["layer=block1_conv1", "filters=0:2", "iters=3000", "input_size=32", f"model.weights={WEIGHTS}",

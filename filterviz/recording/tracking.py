@@ -140,8 +140,7 @@ class Tracker:
                 self.client = MlflowClient(tracking_uri=store.uri)  # under the lock, as connect
                 found = self.client.get_experiment_by_name(experiment)
                 if found is None:
-                    self.experiment_id = self.client.create_experiment(
-                        experiment, artifact_location=store.artifact_location, tags=EXPERIMENT_TAGS)
+                    self.experiment_id = self._create(experiment)
                 else:
                     self.experiment_id = found.experiment_id
         except Exception as e:
@@ -151,6 +150,18 @@ class Tracker:
                               f"(mlflow experiments restore --experiment-id {found.experiment_id}) "
                               "or choose another tracking.experiment")
         self.reap()
+
+    def _create(self, experiment: str) -> str:
+        """A new experiment's id. Two jobs of a sweep can both find no experiment on a server and
+        both create it: the one that loses the race uses the winner's."""
+        try:
+            return self.client.create_experiment(
+                experiment, artifact_location=self.store.artifact_location, tags=EXPERIMENT_TAGS)
+        except Exception:
+            created = self.client.get_experiment_by_name(experiment)
+            if created is None:
+                raise
+            return created.experiment_id
 
     def reap(self) -> List[str]:
         """End as FAILED the runs of this experiment left RUNNING by a process that is gone: on this
