@@ -10,16 +10,16 @@ whole (a step's point in the file and in the stream) is never cut in half.
 A parallel sweep's launching process passes the signal on to its workers that run a job
 (joblib's, and the controllers of submitit's local jobs) and waits until each has ended its run:
 once the launcher sees the stop it kills its workers outright. joblib's workers run jobs without
-`main()`: `in_worker()` gives each job the same stop, and names the process after where it is
-(in a job, ended). An ended worker stays alive, idle, since joblib kills every worker as soon as
-one exits; a worker not in a job is not signalled, since with no handler yet the signal would
-kill it. A submitit job stops through cluster.requeue_when_stopped, and exits.
+`main()`: each takes the same stop handling as it starts (`stop_joblib_workers_too`), and
+`in_worker()` names the process after where it is (in a job, between jobs, ended). A stopped
+worker stays alive, idle, since joblib kills every worker as soon as one exits: a terminal's
+Ctrl-C reaches every worker, those with no job too. A submitit job stops through
+cluster.requeue_when_stopped, and exits.
 """
 
 import os
 import signal
 import sys
-import threading
 import time
 from contextlib import contextmanager
 from typing import Iterator, Optional, Set, Tuple
@@ -34,8 +34,9 @@ IN_JOB, BETWEEN_JOBS, ENDED = "filterviz-job", "filterviz-idle", "filterviz-ende
 _stopping_since: Optional[float] = None
 _deferring = 0  # depth of deferred() blocks
 _deferred: Optional[int] = None  # the first signal, arrived inside one, raised at its end
-_worker = False  # this process is a joblib worker (in_worker)
+_worker = False  # this process is a joblib worker (started by _start_joblib_worker)
 _in_job = False
+_loky = None  # joblib's own loky backend, while stop_joblib_workers_too has replaced it
 
 
 def _on_signal(signum: int, frame) -> None:
@@ -141,7 +142,7 @@ def deferred() -> Iterator[None]:
 @contextmanager
 def stop_on_signals(extra: Tuple[int, ...] = ()) -> Iterator[None]:
     """`extra`: more signals that stop (a cluster's time-limit warning, cluster.py)."""
-    global _stopping_since, _deferred
+    global _stopping_since, _deferred, _loky
     _stopping_since, _deferred = None, None
     previous = {s: signal.signal(s, _on_signal) for s in (*SIGNALS, *extra)}
     try:
@@ -149,23 +150,51 @@ def stop_on_signals(extra: Tuple[int, ...] = ()) -> Iterator[None]:
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+        if _loky is not None:  # a notebook's own joblib work after ours gets joblib's workers
+            from joblib import parallel
+
+            parallel.register_parallel_backend("loky", _loky)
+            _loky = None
+
+
+def stop_joblib_workers_too() -> None:
+    """In a launching process, before Hydra's joblib launcher starts its workers (a sweep's
+    callbacks): each worker takes the stop handling as it starts (loky's initializer), not with its
+    first job. A terminal's Ctrl-C reaches every process of its group: a worker with no handler
+    yet would die of it, and joblib would then kill every worker, those ending their runs too.
+    Until `stop_on_signals` ends, joblib's "loky" backend is this one (Hydra asks for it by name)."""
+    global _loky
+    if _loky is not None:
+        return
+    from joblib import parallel
+
+    _loky = parallel.BACKENDS["loky"]
+
+    class StoppingLokyBackend(_loky):
+        def configure(self, *args, **kwargs):
+            return super().configure(*args, initializer=_start_joblib_worker, **kwargs)
+
+    parallel.register_parallel_backend("loky", StoppingLokyBackend)
+
+
+def _start_joblib_worker() -> None:
+    global _worker
+    _worker = True  # for the worker's whole life: a stop between jobs must not kill it (see above)
+    for s in SIGNALS:
+        signal.signal(s, _on_signal)
+    _name(BETWEEN_JOBS)
 
 
 @contextmanager
 def in_worker() -> Iterator[None]:
-    """Around a job. In a joblib worker process, which has no stop handling of its own, stop
-    signals end the job's run as `main()` does, and from then on the worker stays idle until its
-    launcher kills it (a signal between jobs idles it at once). Elsewhere, nothing: `main()`, the
-    Python API or a submitit job (cluster.requeue_when_stopped) already stop on signals."""
-    global _worker, _in_job, _stopping_since
+    """Around a job. In a joblib worker process (see stop_joblib_workers_too), a stop signal ends
+    the job's run as `main()` does, and from then on the worker stays idle until its launcher kills
+    it (a signal between jobs idles it at once). Elsewhere, nothing: `main()`, the Python API or a
+    submitit job (cluster.requeue_when_stopped) already stop on signals."""
+    global _in_job, _stopping_since
     if not _worker:
-        if (signal.getsignal(signal.SIGTERM) is _on_signal or "SUBMITIT_FOLDER" in os.environ
-                or threading.current_thread() is not threading.main_thread()):
-            yield
-            return
-        _worker = True  # for the worker's whole life: a stop between jobs must not kill it (see above)
-        for s in SIGNALS:
-            signal.signal(s, _on_signal)
+        yield
+        return
     _stopping_since, _in_job = None, True
     _name(IN_JOB)
     try:

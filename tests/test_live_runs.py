@@ -20,9 +20,10 @@ pytestmark = needs_weights
 LONG = ["layer=block1_conv1", "filters=0:2", "iters=3000", "input_size=32", f"model.weights={WEIGHTS}"]
 
 
-def start(*overrides: str, cwd: Path) -> subprocess.Popen:
+def start(*overrides: str, cwd: Path, own_group: bool = False) -> subprocess.Popen:
+    """`own_group`: the command leads its process group, as in a terminal, whose Ctrl-C reaches all of it."""
     return subprocess.Popen([sys.executable, "-m", "filterviz", *overrides], cwd=cwd, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True,
+                            stderr=subprocess.PIPE, text=True, process_group=0 if own_group else None,
                             env={**os.environ, "HYDRA_FULL_ERROR": "0", "MLFLOW_TRACKING_URI": ""})
 
 
@@ -91,15 +92,17 @@ def test_a_sweep_stopped_ends_the_running_job_and_its_parent_killed(tmp_path):
     assert [c.info.status for c in children] == ["KILLED"], "the second job never started"
 
 
-@pytest.mark.parametrize("launcher", [["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
-                                      ["hydra/launcher=submitit_local"]], ids=["joblib", "submitit_local"])
+@pytest.mark.parametrize("launcher,ctrl_c", [
+    (["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"], False),
+    (["hydra/launcher=joblib", "hydra.launcher.n_jobs=3"], True),  # a worker never given a job gets it too
+    (["hydra/launcher=submitit_local"], False)], ids=["joblib", "joblib_ctrl_c", "submitit_local"])
 def test_a_parallel_sweep_stopped_ends_its_running_job_killed_with_its_images_and_keeps_the_finished_one(
-        tmp_path, launcher):
-    """The workers run jobs outside main(): the stop must still reach the running job, which keeps
-    its partial images, and a worker that has finished its job must not take the others down
-    (joblib kills every worker when one exits)."""
+        tmp_path, launcher, ctrl_c):
+    """The workers run jobs outside main(): the stop, sent to the launching process or by a
+    terminal to every process, must still reach the running job, which keeps its partial images,
+    and no worker may take the others down (joblib kills every worker when one dies)."""
     proc = start("-m", "layer=block1_conv1", "filters=0", "iters=20,100000", "input_size=32",
-                 f"model.weights={WEIGHTS}", *launcher, cwd=tmp_path)
+                 f"model.weights={WEIGHTS}", *launcher, cwd=tmp_path, own_group=ctrl_c)
     client = store(tmp_path)
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:  # the short job finished, the long one streaming
@@ -116,9 +119,12 @@ def test_a_parallel_sweep_stopped_ends_its_running_job_killed_with_its_images_an
                if b"loky.backend.popen_loky_posix" in _read(p / "cmdline") or b"submitit" in _read(p / "cmdline")]
     assert workers
 
-    proc.send_signal(signal.SIGTERM)
+    if ctrl_c:
+        os.killpg(proc.pid, signal.SIGINT)
+    else:
+        proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=150)
-    assert proc.returncode == 143 and "Traceback" not in err, err
+    assert proc.returncode == (130 if ctrl_c else 143) and "Traceback" not in err, err
     every = {r.info.run_name: r for r in runs(client)}
     assert every["iters=20"].info.status == "FINISHED"
     long = every["iters=100000"]

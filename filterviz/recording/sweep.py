@@ -17,6 +17,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from filterviz import stops
 from filterviz.recording.settings import override_key, run_name
 
 RECORD = "mlflow_sweep.json"
@@ -78,6 +79,8 @@ def end_stopped_sweep(stop: BaseException) -> None:
 
 class MlflowSweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if config.hydra.launcher._target_.endswith("JoblibLauncher"):
+            stops.stop_joblib_workers_too()  # before the launcher starts them
         sweep_dir = Path(config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         if not config.tracking.enabled or config.get("atlas"):
