@@ -184,6 +184,9 @@ def render(model: Any = "vgg16", *, layer: Optional[str] = None, filters: Any = 
         with stop_on_signals():  # Ctrl-C in a notebook: the run ends KILLED with its partial results
             result = job.run(cfg, out, overrides, command)
     except Stopped as stop:
+        if stop.finished is not None:  # the run had just ended, complete (job.run said so)
+            result = stop.finished
+            return _read(result.results_dir, result.figures, result.run_id, result.run_url, " ".join(given))
         if not (out / "results" / "images.npy").is_file():  # stopped before the ascent began
             raise KeyboardInterrupt(str(stop)) from None
         print(f"{stop}: the run ends KILLED; the partial pictures are in {out / 'results'}")

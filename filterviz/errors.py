@@ -20,6 +20,7 @@ class Stopped(BaseException):
 
         super().__init__(f"stopped by {signal.Signals(signum).name}")
         self.signum = signum
+        self.finished = None  # the JobResult of a run the stop reached as it ended, complete (job.run)
 
     @property
     def exit_code(self) -> int:

@@ -11,6 +11,7 @@ stays in `__main__`, so this can be driven from a test or a notebook with a comp
 
 import sys
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
@@ -305,24 +306,41 @@ def run(cfg: DictConfig, output_dir: Path, overrides: Sequence[str] = (), comman
     params["model.preprocess"] = plan.fed  # what the model was really fed, not the switch alone
     tags = {**provenance.provenance_tags(command), "filterviz.filters": ",".join(map(str, plan.filters)),
             "filterviz.layer": plan.cut.layer, "filterviz.model_fingerprint": plan.fingerprint, **cfg.tracking.tags}
-    with tracker.run(run_name or plan.title, params, tags, parent_run_id) as run_id:
-        live = LiveRun(tracker, run_id, plan.charted(), cfg.iters, plan.recipe.objective.copies)
-        try:
-            outcome = execute(plan, results_dir, live)
-        except Stopped as stop:
-            _keep(tracker, run_id, plan, live, None, output_dir)
-            if (results_dir / files.PARTIAL).is_file():
-                tracker.client.set_tag(run_id, "filterviz.partial", "true")
-            print(f"{stop}: run {run_id} ends KILLED with every activation point so far; the images it had "
-                  f"reached are in {results_dir} (partial)", file=sys.stderr)
-            raise
-        except Exception:
+    complete = False
+    try:
+        # the ExitStack is left after the run has ended FINISHED (see below)
+        with ExitStack() as finishing, tracker.run(run_name or plan.title, params, tags, parent_run_id) as run_id:
+            live = LiveRun(tracker, run_id, plan.charted(), cfg.iters, plan.recipe.objective.copies)
             try:
-                live.close()  # the points computed before the error
+                outcome = execute(plan, results_dir, live)
+            except Stopped as stop:
+                _keep(tracker, run_id, plan, live, None, output_dir)
+                if (results_dir / files.PARTIAL).is_file():
+                    tracker.client.set_tag(run_id, "filterviz.partial", "true")
+                print(f"{stop}: run {run_id} ends KILLED with every activation point so far; the images it had "
+                      f"reached are in {results_dir} (partial)", file=sys.stderr)
+                raise
             except Exception:
-                pass  # the error that ended the run is the one to report
-            raise
-        _keep(tracker, run_id, plan, live, outcome, output_dir)
+                try:
+                    live.close()  # the points computed before the error
+                except Exception:
+                    pass  # the error that ended the run is the one to report
+                raise
+            # the results are whole on disk: a stop now waits until the run is in the store, FINISHED
+            # (cut here, the run ended KILLED with its artifacts half logged, and said nothing)
+            finishing.enter_context(stops.deferred())
+            complete = True
+            _keep(tracker, run_id, plan, live, outcome, output_dir)
+    except Stopped as stop:
+        if complete:
+            print(f"{stop} as run {run_id} ended: it is complete, FINISHED in the store; every result is in "
+                  f"{results_dir}", file=sys.stderr)
+            stop.finished = _result(tracker, run_id, plan, outcome, results_dir)
+        raise
+    return _result(tracker, run_id, plan, outcome, results_dir)
+
+
+def _result(tracker: tracking.Tracker, run_id: str, plan: Plan, outcome: Outcome, results_dir: Path) -> JobResult:
     figures = {**outcome.figures(), **outcome.per_image(plan.cut.layer)}
     return JobResult(results_dir, figures, run_id, tracker.artifact_uri(run_id), tracker.store.ui_command(),
                      tracker.run_url(run_id))

@@ -2,6 +2,7 @@
 a real store, reproducible from its record."""
 
 import os
+import signal
 import subprocess
 import sys
 
@@ -54,6 +55,28 @@ def test_render_returns_the_pictures_and_records_the_run_with_its_network(render
     html = result._repr_html_()
     assert html.count('<img src="data:image/png;base64,') == 1 and result.run_id in html
     assert len(result.grid().axes) == 2
+
+
+def test_ctrl_c_as_the_run_is_being_logged_waits_and_the_run_is_finished_and_whole(tmp_path, monkeypatch, capsys):
+    """The results are whole once written: a stop then must not leave the run KILLED in the store
+    with half its files (and no word of where the rest is)."""
+    import filterviz
+    from filterviz.recording import tracking
+
+    log_artifacts = tracking.Tracker.log_artifacts
+
+    def stopped_while_logging(self, *args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C as the run's files go into the store
+        return log_artifacts(self, *args, **kwargs)
+
+    monkeypatch.setattr(tracking.Tracker, "log_artifacts", stopped_while_logging)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    result = filterviz.render(in_memory_model(), tracking=uri, output_dir=tmp_path / "out", **SETTINGS)
+    assert result.complete and result.figures
+    client = MlflowClient(tracking_uri=uri)
+    assert client.get_run(result.run_id).info.status == "FINISHED"
+    assert {"images.npy", "grid.png", "model.keras"} <= {a.path for a in client.list_artifacts(result.run_id)}
+    assert f"stopped by SIGINT as run {result.run_id} ended: it is complete" in capsys.readouterr().err
 
 
 def test_the_command_on_the_same_network_and_settings_makes_the_same_pictures(rendered, tmp_path):
