@@ -65,7 +65,8 @@ def requeue_when_stopped() -> Iterator[None]:
             # a local job inside a SLURM allocation inherits its SLURM_JOB_ID: it is still local
             local = os.environ.get("SUBMITIT_EXECUTOR") == "local" or "SLURM_JOB_ID" not in os.environ
             job = "submitit's local job" if local else f"SLURM job {os.environ['SLURM_JOB_ID']}"
-            if stop.signum in (usr, signal.SIGTERM) and callable(requeue) and (
+            # a run the stop reached as it ended is complete in the store: run again, it would be twice there
+            if stop.finished is None and stop.signum in (usr, signal.SIGTERM) and callable(requeue) and (
                     stop.signum == usr or (not local and slurm_state() == "RUNNING")):
                 print(f"{stop}: requeueing this job ({job})", flush=True)
                 requeue(usr, None)  # requeues and exits; raises if it will not (too many time limits)

@@ -306,38 +306,42 @@ def run(cfg: DictConfig, output_dir: Path, overrides: Sequence[str] = (), comman
     params["model.preprocess"] = plan.fed  # what the model was really fed, not the switch alone
     tags = {**provenance.provenance_tags(command), "filterviz.filters": ",".join(map(str, plan.filters)),
             "filterviz.layer": plan.cut.layer, "filterviz.model_fingerprint": plan.fingerprint, **cfg.tracking.tags}
-    complete = False
+    finished: Optional[JobResult] = None  # once the run is FINISHED in the store
     try:
-        # the ExitStack is left after the run has ended FINISHED (see below)
-        with ExitStack() as finishing, tracker.run(run_name or plan.title, params, tags, parent_run_id) as run_id:
-            live = LiveRun(tracker, run_id, plan.charted(), cfg.iters, plan.recipe.objective.copies)
-            try:
-                outcome = execute(plan, results_dir, live)
-            except Stopped as stop:
-                _keep(tracker, run_id, plan, live, None, output_dir)
-                if (results_dir / files.PARTIAL).is_file():
-                    tracker.client.set_tag(run_id, "filterviz.partial", "true")
-                print(f"{stop}: run {run_id} ends KILLED with every activation point so far; the images it had "
-                      f"reached are in {results_dir} (partial)", file=sys.stderr)
-                raise
-            except Exception:
+        with ExitStack() as finishing:  # left after the run has ended (see below)
+            with tracker.run(run_name or plan.title, params, tags, parent_run_id) as run_id:
+                live = LiveRun(tracker, run_id, plan.charted(), cfg.iters, plan.recipe.objective.copies)
                 try:
-                    live.close()  # the points computed before the error
+                    outcome = execute(plan, results_dir, live)
+                except Stopped as stop:
+                    _keep(tracker, run_id, plan, live, None, output_dir)
+                    if (results_dir / files.PARTIAL).is_file():
+                        tracker.client.set_tag(run_id, "filterviz.partial", "true")
+                    print(f"{stop}: run {run_id} ends KILLED with every activation point so far; the images it "
+                          f"had reached are in {results_dir} (partial)", file=sys.stderr)
+                    raise
                 except Exception:
-                    pass  # the error that ended the run is the one to report
-                raise
-            # the results are whole on disk: a stop now waits until the run is in the store, FINISHED
-            # (cut here, the run ended KILLED with its artifacts half logged, and said nothing)
-            finishing.enter_context(stops.deferred())
-            complete = True
-            _keep(tracker, run_id, plan, live, outcome, output_dir)
+                    try:
+                        live.close()  # the points computed before the error
+                    except Exception:
+                        pass  # the error that ended the run is the one to report
+                    raise
+                # the results are whole on disk: a stop now waits until the run is in the store, FINISHED
+                # (cut here, the run ended KILLED with its artifacts half logged, and said nothing)
+                finishing.enter_context(stops.deferred(
+                    "the run is complete: it goes into the store before the stop"))
+                _keep(tracker, run_id, plan, live, outcome, output_dir)
+                result = _result(tracker, run_id, plan, outcome, results_dir)
+            finished = result
     except Stopped as stop:
-        if complete:
+        if finished is not None:
             print(f"{stop} as run {run_id} ended: it is complete, FINISHED in the store; every result is in "
                   f"{results_dir}", file=sys.stderr)
-            stop.finished = _result(tracker, run_id, plan, outcome, results_dir)
+            stop.finished = finished
+        elif isinstance(stop.__context__, ConfigError):  # the store was lost as the whole run went in
+            print(f"error: {stop.__context__}", file=sys.stderr)
         raise
-    return _result(tracker, run_id, plan, outcome, results_dir)
+    return finished
 
 
 def _result(tracker: tracking.Tracker, run_id: str, plan: Plan, outcome: Outcome, results_dir: Path) -> JobResult:

@@ -22,7 +22,7 @@ import signal
 import sys
 import time
 from contextlib import contextmanager
-from typing import Iterator, Optional, Set, Tuple
+from typing import Iterator, List, Optional, Set, Tuple
 
 from filterviz.errors import Stopped
 
@@ -34,6 +34,7 @@ IN_JOB, BETWEEN_JOBS, ENDED = "filterviz-job", "filterviz-idle", "filterviz-ende
 _stopping_since: Optional[float] = None
 _deferring = 0  # depth of deferred() blocks
 _deferred: Optional[int] = None  # the first signal, arrived inside one, raised at its end
+_waiting: List[str] = []  # what each open deferred() block waits for, to say when a stop arrives
 _worker = False  # this process is a joblib worker (started by _start_joblib_worker)
 _in_job = False
 _loky = None  # joblib's own loky backend, while stop_joblib_workers_too has replaced it
@@ -49,6 +50,9 @@ def _on_signal(signum: int, frame) -> None:
             _idle_until_killed(128 + signum)
         if _deferring:
             _deferred = signum
+            said = [w for w in _waiting if w]
+            if said:
+                _say(f"stopped by {signal.Signals(signum).name}: {said[-1]} (the same signal again stops at once)")
             return
         raise Stopped(signum)
     if now - _stopping_since < SAME_STOP_SECONDS:
@@ -125,15 +129,18 @@ def _ending(pid: int) -> bool:
 
 
 @contextmanager
-def deferred() -> Iterator[None]:
+def deferred(waiting: str = "") -> Iterator[None]:
     """A block the first stop signal does not cut: it is raised as `Stopped` when the block ends.
-    (A second signal still stops at once, as everywhere.)"""
+    (A second signal still stops at once, as everywhere.) `waiting`: what the stop waits for, said
+    when it arrives, for a block that can take seconds."""
     global _deferring, _deferred
     _deferring += 1
+    _waiting.append(waiting)
     try:
         yield
     finally:
         _deferring -= 1
+        _waiting.pop()
         if not _deferring and _deferred is not None:
             signum, _deferred = _deferred, None
             raise Stopped(signum)
@@ -141,7 +148,9 @@ def deferred() -> Iterator[None]:
 
 @contextmanager
 def stop_on_signals(extra: Tuple[int, ...] = ()) -> Iterator[None]:
-    """`extra`: more signals that stop (a cluster's time-limit warning, cluster.py)."""
+    """`extra`: more signals that stop (a cluster's time-limit warning, cluster.py). Entered once
+    per process, around all its work: as it ends it also gives joblib back its own workers
+    (stop_joblib_workers_too)."""
     global _stopping_since, _deferred, _loky
     _stopping_since, _deferred = None, None
     previous = {s: signal.signal(s, _on_signal) for s in (*SIGNALS, *extra)}
@@ -172,7 +181,8 @@ def stop_joblib_workers_too() -> None:
 
     class StoppingLokyBackend(_loky):
         def configure(self, *args, **kwargs):
-            return super().configure(*args, initializer=_start_joblib_worker, **kwargs)
+            kwargs.setdefault("initializer", _start_joblib_worker)
+            return super().configure(*args, **kwargs)
 
     parallel.register_parallel_backend("loky", StoppingLokyBackend)
 

@@ -23,7 +23,7 @@ LONG = ["layer=block1_conv1", "filters=0:2", "iters=3000", "input_size=32", f"mo
 def start(*overrides: str, cwd: Path, own_group: bool = False) -> subprocess.Popen:
     """`own_group`: the command leads its process group, as in a terminal, whose Ctrl-C reaches all of it."""
     return subprocess.Popen([sys.executable, "-m", "filterviz", *overrides], cwd=cwd, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, process_group=0 if own_group else None,
+                            stderr=subprocess.PIPE, text=True, start_new_session=own_group,
                             env={**os.environ, "HYDRA_FULL_ERROR": "0", "MLFLOW_TRACKING_URI": ""})
 
 
