@@ -32,9 +32,8 @@ WORKERS_END_SECONDS = 120.0  # a worker's run ending KILLED writes its partial r
 # a joblib worker's process name (15 characters at most): in a job, between jobs, stopped with its run ended
 IN_JOB, BETWEEN_JOBS, ENDED = "filterviz-job", "filterviz-idle", "filterviz-ended"
 _stopping_since: Optional[float] = None
-_deferring = 0  # depth of deferred() blocks
-_deferred: Optional[int] = None  # the first signal, arrived inside one, raised at its end
-_waiting: List[str] = []  # what each open deferred() block waits for, to say when a stop arrives
+_deferred: Optional[int] = None  # the first signal, arrived inside a deferred() block, raised at its end
+_waiting: List[str] = []  # one entry per open deferred() block: what it waits for, to say when a stop arrives
 _worker = False  # this process is a joblib worker (started by _start_joblib_worker)
 _in_job = False
 _loky = None  # joblib's own loky backend, while stop_joblib_workers_too has replaced it
@@ -48,7 +47,7 @@ def _on_signal(signum: int, frame) -> None:
         _wait_for_workers(_forward(signum), signum)
         if _worker and not _in_job:
             _idle_until_killed(128 + signum)
-        if _deferring:
+        if _waiting:
             _deferred = signum
             said = [w for w in _waiting if w]
             if said:
@@ -133,15 +132,13 @@ def deferred(waiting: str = "") -> Iterator[None]:
     """A block the first stop signal does not cut: it is raised as `Stopped` when the block ends.
     (A second signal still stops at once, as everywhere.) `waiting`: what the stop waits for, said
     when it arrives, for a block that can take seconds."""
-    global _deferring, _deferred
-    _deferring += 1
+    global _deferred
     _waiting.append(waiting)
     try:
         yield
     finally:
-        _deferring -= 1
         _waiting.pop()
-        if not _deferring and _deferred is not None:
+        if not _waiting and _deferred is not None:
             signum, _deferred = _deferred, None
             raise Stopped(signum)
 
@@ -166,14 +163,14 @@ def stop_on_signals(extra: Tuple[int, ...] = ()) -> Iterator[None]:
             _loky = None
 
 
-def stop_joblib_workers_too() -> None:
-    """In a launching process, before Hydra's joblib launcher starts its workers (a sweep's
-    callbacks): each worker takes the stop handling as it starts (loky's initializer), not with its
+def stop_joblib_workers_too(launcher: str) -> None:
+    """In a launching process, before Hydra's launcher starts its workers (a sweep's callbacks),
+    if it is joblib's (`launcher`: its `_target_`): each worker takes the stop handling as it starts (loky's initializer), not with its
     first job. A terminal's Ctrl-C reaches every process of its group: a worker with no handler
     yet would die of it, and joblib would then kill every worker, those ending their runs too.
     Until `stop_on_signals` ends, joblib's "loky" backend is this one (Hydra asks for it by name)."""
     global _loky
-    if _loky is not None:
+    if _loky is not None or not launcher.endswith("JoblibLauncher"):
         return
     from joblib import parallel
 

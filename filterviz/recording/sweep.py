@@ -79,8 +79,7 @@ def end_stopped_sweep(stop: BaseException) -> None:
 
 class MlflowSweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        if config.hydra.launcher._target_.endswith("JoblibLauncher"):
-            stops.stop_joblib_workers_too()  # before the launcher starts them
+        stops.stop_joblib_workers_too(config.hydra.launcher._target_)  # before the launcher starts them
         sweep_dir = Path(config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         if not config.tracking.enabled or config.get("atlas"):
